@@ -1,0 +1,14 @@
+"""mechgrok: mechanistic interpretability of grokking over whole checkpoint trajectories.
+
+Train the paper's model (Nanda et al. 2023), load any checkpoint trajectory into a labelled xarray Dataset, and
+run the paper's analyses and progress measures over every checkpoint.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from mechgrok.config import Config, preset
+from mechgrok.errors import MechgrokError
+
+__all__ = ["__version__", "Config", "preset", "MechgrokError"]

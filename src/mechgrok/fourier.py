@@ -1,0 +1,127 @@
+"""The Fourier basis over Z_p and transforms in it (paper section 4.1; paper.md 3.1).
+
+Rows are ordered as in the paper's code: **[const, cos 1, sin 1, cos 2, sin 2, ..., cos (p-1)/2, sin (p-1)/2]**
+(the TransformerLens demo lineage orders sin before cos; mechgrok follows the paper). With w_k = 2 pi k / p:
+
+    F[0, x] = 1 / sqrt(p),  F[2k-1, x] = sqrt(2/p) cos(w_k x),  F[2k, x] = sqrt(2/p) sin(w_k x)
+
+so F is orthonormal (F F^T = I). Only odd p is supported (an even p would need an extra alternating row).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from mechgrok.errors import AnalysisError
+
+__all__ = ["fourier_basis", "fourier_labels", "freq_of_component", "fft1d", "fft2d", "check_odd_p"]
+
+
+def check_odd_p(p: int) -> int:
+    """Return ``p`` if it is an odd integer >= 3.
+
+    Raises
+    ------
+    AnalysisError
+        For an even or too small p.
+    """
+    if int(p) != p or p < 3 or p % 2 == 0:
+        raise AnalysisError(f"the Fourier basis needs an odd p >= 3, got p={p}")
+    return int(p)
+
+
+def fourier_labels(p: int) -> list[str]:
+    """Component labels ``["const", "cos 1", "sin 1", ...]``, length p."""
+    check_odd_p(p)
+    labels = ["const"]
+    for k in range(1, (p - 1) // 2 + 1):
+        labels += [f"cos {k}", f"sin {k}"]
+    return labels
+
+
+def freq_of_component(p: int) -> np.ndarray:
+    """Frequency of each Fourier component (0 for const), int64 shape (p,)."""
+    check_odd_p(p)
+    return np.concatenate([[0], np.repeat(np.arange(1, (p - 1) // 2 + 1), 2)]).astype(np.int64)
+
+
+def fourier_basis(p: int, *, dtype: type = np.float64) -> xr.DataArray:
+    """The orthonormal real Fourier basis F, dims (fourier, x), shape (p, p).
+
+    Parameters
+    ----------
+    p : int
+        Odd modulus.
+    dtype : numpy dtype
+        float64 by default.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``F[fourier, x]`` with coords ``fourier`` (labels), ``freq`` (on ``fourier``) and ``x``.
+
+    Raises
+    ------
+    AnalysisError
+        If p is even.
+    """
+    check_odd_p(p)
+    x = np.arange(p)
+    rows = [np.full(p, 1 / np.sqrt(p))]
+    for k in range(1, (p - 1) // 2 + 1):
+        w = 2 * np.pi * k / p
+        rows.append(np.sqrt(2 / p) * np.cos(w * x))
+        rows.append(np.sqrt(2 / p) * np.sin(w * x))
+    F = np.stack(rows).astype(dtype)
+    return xr.DataArray(
+        F,
+        dims=("fourier", "x"),
+        coords={"fourier": np.array(fourier_labels(p), dtype=object), "freq": ("fourier", freq_of_component(p)), "x": x},
+        attrs={"description": "orthonormal real Fourier basis, rows [const, cos k, sin k] (paper's order)"},
+    )
+
+
+def fft1d(da: xr.DataArray, dim: str, *, out_dim: str = "fourier") -> xr.DataArray:
+    """Project ``da`` along ``dim`` (length p, odd) onto the Fourier basis: x_hat = F x.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Any dims including ``dim``.
+    dim : str
+        The dim indexed by residues 0..p-1.
+    out_dim : str
+        Name of the new dim (labels ``const``, ``cos k``, ``sin k``).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``dim`` replaced by ``out_dim`` (with a ``freq`` coordinate), float64.
+    """
+    p = da.sizes[dim]
+    F = fourier_basis(p).rename(fourier=out_dim, x=dim)
+    F = F.assign_coords({dim: da[dim].values}) if dim in da.coords else F.drop_vars(dim)
+    return xr.dot(F, da.astype(np.float64), dim=dim)
+
+
+def fft2d(da: xr.DataArray, dims: tuple[str, str] = ("a", "b"), out_dims: tuple[str, str] = ("fa", "fb")) -> xr.DataArray:
+    """2D Fourier transform over two residue dims: M_hat[f, g] = sum_{a,b} F[f, a] F[g, b] M[a, b].
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Has both ``dims`` (each of length p, odd).
+    dims : (str, str)
+        The residue dims, default (a, b).
+    out_dims : (str, str)
+        Names of the Fourier dims for ``dims[0]`` and ``dims[1]``, default (fa, fb).
+
+    Returns
+    -------
+    xarray.DataArray
+        float64, ``dims`` replaced by ``out_dims`` (paper.md 3.1, ``fft2d``).
+    """
+    out = fft1d(da, dims[0], out_dim=out_dims[0]).rename(freq=f"freq_{out_dims[0]}")
+    out = fft1d(out, dims[1], out_dim=out_dims[1]).rename(freq=f"freq_{out_dims[1]}")
+    return out
