@@ -20,6 +20,7 @@ def train(
     model_seed: Annotated[Optional[int], typer.Option(help="Override the initialisation seed.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+    zarr: Annotated[Optional[Path], typer.Option("--zarr", help="Also append each checkpoint to this Zarr store as training goes.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train the paper's 1-layer transformer on (a + b) mod p and write a checkpoint trajectory."""
@@ -44,8 +45,16 @@ def train(
     cfg = run_guarded(build)
     if resume and overwrite:
         fail("--resume and --overwrite exclude each other")
+    on_checkpoint = None
+    if zarr is not None:
+        from mechgrok.store import TrajectoryWriter
+
+        if zarr.exists() and not (resume or overwrite):
+            fail(f"{zarr}: already exists; pass --resume to continue it or --overwrite to replace it")
+
+        on_checkpoint = run_guarded(TrajectoryWriter, zarr, run_dir=run_dir, overwrite=overwrite)
     if quiet:
-        run_guarded(run_train, cfg, run_dir, resume=resume, overwrite=overwrite)
+        run_guarded(run_train, cfg, run_dir, resume=resume, overwrite=overwrite, on_checkpoint=on_checkpoint)
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -66,6 +75,7 @@ def train(
                 if is_run_dir(run_dir):
                     total = run_guarded(read_config, run_dir).num_epochs
             progress.update(task, total=total)
-            run_guarded(run_train, cfg, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
+            run_guarded(run_train, cfg, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch,
+                        on_checkpoint=on_checkpoint)
             progress.update(task, completed=total)
-    out.print(f"wrote [bold]{run_dir}[/]")
+    out.print(f"wrote [bold]{run_dir}[/]" + (f" and [bold]{zarr}[/]" if zarr is not None else ""))

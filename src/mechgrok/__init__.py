@@ -11,4 +11,13 @@ __version__ = "0.1.0"
 from mechgrok.config import Config, preset
 from mechgrok.errors import MechgrokError
 
-__all__ = ["__version__", "Config", "preset", "MechgrokError"]
+__all__ = ["__version__", "Config", "preset", "MechgrokError", "open_run"]
+
+
+def __getattr__(name: str):
+    # lazy, so that ``import mechgrok`` (and ``mechgrok --help``) does not import xarray and zarr
+    if name == "open_run":
+        from mechgrok.store import open_run
+
+        return open_run
+    raise AttributeError(f"module 'mechgrok' has no attribute {name!r}")

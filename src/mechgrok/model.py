@@ -152,17 +152,26 @@ def forward(params: Mapping[str, torch.Tensor], tokens: torch.Tensor, *, cache: 
     W_E, W_pos = params["W_E"], params["W_pos"]
     d_head = params["W_Q"].shape[-1]
     n_ctx = tokens.shape[-1]
-    # residual stream at every position: (..., batch, pos, d_model)
-    resid = W_E[..., tokens, :] + W_pos[..., None, :n_ctx, :]
-    q = torch.einsum("...bm,...hmd->...bhd", resid[..., -1, :], params["W_Q"])
-    k = torch.einsum("...bpm,...hmd->...bhpd", resid, params["W_K"])
-    v = torch.einsum("...bpm,...hmd->...bhpd", resid, params["W_V"])
+    d_vocab = W_E.shape[-2]
+    # The residual stream before attention depends only on (position, token), so keys, values and the query are
+    # computed once per (position, token) and gathered per example: far fewer FLOPs than per example whenever the
+    # batch is larger than the vocabulary (training, the p x p grid).
+    embed = W_E[..., None, :, :] + W_pos[..., :n_ctx, None, :]  # (..., pos, vocab, d_model)
+    flat = (torch.arange(n_ctx, device=tokens.device) * d_vocab + tokens).reshape(-1)  # (batch * pos,)
+    k_tab = torch.einsum("...pvm,...hmd->...pvhd", embed, params["W_K"]).flatten(-4, -3)  # (..., pos*vocab, h, d)
+    v_tab = torch.einsum("...pvm,...hmd->...pvhd", embed, params["W_V"]).flatten(-4, -3)
+    q_tab = torch.einsum("...vm,...hmd->...vhd", embed[..., -1, :, :], params["W_Q"])  # (..., vocab, h, d)
+    batch_shape = (*tokens.shape[:-1], n_ctx)
+    k = k_tab[..., flat, :, :].unflatten(-3, batch_shape)  # (..., batch, pos, head, d_head)
+    v = v_tab[..., flat, :, :].unflatten(-3, batch_shape)
+    q = q_tab[..., tokens[:, -1], :, :]  # (..., batch, head, d_head)
     # the last position attends to every position (causal mask is all ones on the last row)
-    scores = torch.einsum("...bhd,...bhpd->...bhp", q, k) / math.sqrt(d_head)
+    scores = torch.einsum("...bhd,...bphd->...bhp", q, k) / math.sqrt(d_head)
     pattern = scores.softmax(dim=-1)
-    z = torch.einsum("...bhp,...bhpd->...bhd", pattern, v)
+    z = torch.einsum("...bhp,...bphd->...bhd", pattern, v)
+    resid_final = embed.flatten(-3, -2)[..., flat[n_ctx - 1 :: n_ctx], :]  # (..., batch, d_model) at the last position
     attn_out = torch.einsum("...bhd,...hdm->...bm", z, params["W_O"])
-    resid_mid = resid[..., -1, :] + attn_out
+    resid_mid = resid_final + attn_out
     pre = resid_mid @ params["W_in"] + params["b_in"][..., None, :]
     post = torch.relu(pre)
     resid_post = resid_mid + post @ params["W_out"] + params["b_out"][..., None, :]

@@ -75,6 +75,8 @@ def build_dataset(
     source_format: str,
     source_files: Sequence[str] = (),
     p: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    var_attrs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> xr.Dataset:
     """Assemble the canonical Dataset from arrays already in TransformerLens orientation.
 
@@ -98,6 +100,11 @@ def build_dataset(
         Provenance, stored in attrs.
     p : int, optional
         The modulus (stored in attrs; needed by the analyses).
+    attrs : mapping, optional
+        More Dataset attrs (JSON-safe values), e.g. how the split was obtained (``split``, ``split_seed``,
+        ``split_frac_train``, ``split_rule``) or the source layout (``source_layout``).
+    var_attrs : mapping of str to mapping, optional
+        Attrs of individual weight variables, e.g. ``{"W_E": {"source_key": "embed.W_E"}}``.
 
     Returns
     -------
@@ -122,7 +129,7 @@ def build_dataset(
         arr = np.asarray(arr, dtype=np.float32)
         if arr.ndim != len(dims) + 1 or arr.shape[0] != len(epochs):
             raise CheckpointError(f"{name} has shape {arr.shape}, expected (checkpoint={len(epochs)}, {', '.join(dims)})")
-        data_vars[name] = (("checkpoint", *dims), arr)
+        data_vars[name] = (("checkpoint", *dims), arr, dict((var_attrs or {}).get(name, {})))
     coords: dict[str, Any] = {"checkpoint": ("checkpoint", epochs, {"units": "epochs", "long_name": "epoch of checkpoint"})}
     if curves:
         all_epochs = np.unique(np.concatenate([np.asarray(e, dtype=np.int64) for e, _ in curves.values()]))
@@ -137,7 +144,7 @@ def build_dataset(
         data_vars["is_train"] = (("a", "b"), is_train, {"long_name": "pair (a, b) is in the training split"})
         coords["a"] = ("a", np.arange(is_train.shape[0]))
         coords["b"] = ("b", np.arange(is_train.shape[1]))
-    attrs: dict[str, Any] = {
+    ds_attrs: dict[str, Any] = {
         "title": "mechgrok trajectory",
         "config_json": json.dumps(dict(config), sort_keys=True, default=str),
         "n_layers": int(n_layers),
@@ -146,8 +153,9 @@ def build_dataset(
         "mechgrok_version": __version__,
     }
     if p is not None:
-        attrs["p"] = int(p)
+        ds_attrs["p"] = int(p)
+    ds_attrs.update(attrs or {})
     try:
-        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+        return xr.Dataset(data_vars, coords=coords, attrs=ds_attrs)
     except ValueError as e:
         raise CheckpointError(f"inconsistent shapes across weights ({e})") from None

@@ -1,0 +1,108 @@
+"""Time per checkpoint of mechgrok's LLC estimator against devinterp's on the same settings (CPU).
+
+Both sample the same checkpoint of ``fixtures/quick-run`` with full-batch SGLD, the same step size, localisation,
+inverse temperature, chains, burn-in and draws, and the same float64 training loss. devinterp (1.x API) runs its
+chains one after another through an ``nn.Module`` and a DataLoader; mechgrok runs them as one batched computation
+(and, by default, computes the attention inputs from per-token tables). The mechgrok variant with
+``token_tables=False`` is also timed, to separate the two effects. The estimates are printed beside the times:
+they must agree within their spread for the timing to mean anything.
+
+Usage::
+
+    python benchmarks/llc.py [--epoch 3000] [--chains 4] [--burnin 100] [--draws 200] [--threads 1]
+
+devinterp is a benchmark/test-only dependency (``pip install devinterp==1.3.2``); without it only mechgrok is
+timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from mechgrok.activations import checkpoint_weights
+from mechgrok.config import Config
+from mechgrok.llc import _train_loss_for, default_nbeta, llc_trajectory
+from mechgrok.loss import cross_entropy
+from mechgrok.model import Transformer
+from mechgrok.store import open_run
+
+RUN = Path(__file__).resolve().parents[1] / "fixtures" / "quick-run"
+
+
+def time_mechgrok(ds, args, nbeta, *, token_tables: bool) -> tuple[float, float, float]:
+    t0 = time.perf_counter()
+    out = llc_trajectory(ds, epochs=[args.epoch], epsilon=args.epsilon, gamma=args.gamma, nbeta=nbeta,
+                         num_chains=args.chains, num_burnin=args.burnin, num_draws=args.draws, seed=0,
+                         token_tables=token_tables).isel(checkpoint=0)
+    return time.perf_counter() - t0, float(out["llc_mean"]), float(out["llc_std"])
+
+
+def time_devinterp(ds, args, nbeta) -> tuple[float, float, float] | None:
+    try:
+        from devinterp.optim.sgld import SGLD
+        from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+    except ImportError:
+        return None
+    from torch.utils.data import DataLoader, TensorDataset
+
+    lf = _train_loss_for(ds, batch_size=None, token_tables=False)
+    model = Transformer(Config.from_json(ds.attrs["config_json"]))
+    w = checkpoint_weights(ds.sel(checkpoint=[args.epoch]))
+    with torch.no_grad():
+        for name, t in model.params().items():
+            t.copy_(w[name][0])
+    loader = DataLoader(TensorDataset(lf.tokens, lf.labels), batch_size=lf.n, shuffle=False)
+
+    def evaluate(model, data):
+        x, y = data
+        return cross_entropy(model(x).logits, y)
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = estimate_learning_coeff_with_summary(
+            model, loader, evaluate=evaluate, sampling_method=SGLD,
+            optimizer_kwargs=dict(lr=args.epsilon, localization=args.gamma, nbeta=nbeta),
+            num_chains=args.chains, num_draws=args.draws, num_burnin_steps=args.burnin, seed=0, verbose=False,
+        )
+    return time.perf_counter() - t0, float(res["llc/mean"]), float(res["llc/std"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epoch", type=int, default=3000)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--burnin", type=int, default=100)
+    ap.add_argument("--draws", type=int, default=200)
+    ap.add_argument("--epsilon", type=float, default=3e-4)
+    ap.add_argument("--gamma", type=float, default=100.0)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both (default 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ds = open_run(RUN)
+    nbeta = default_nbeta(int(ds["is_train"].sum()))
+    steps = args.chains * (args.burnin + args.draws)
+    print(f"checkpoint epoch {args.epoch} of {RUN.name}; full batch; {args.chains} chains x ({args.burnin} burn-in + "
+          f"{args.draws} draws) = {steps} chain-steps; eps={args.epsilon:g} gamma={args.gamma:g} nbeta={nbeta:.1f}; "
+          f"{torch.get_num_threads()} thread(s)")
+    rows = [("mechgrok (batched chains, token tables)", time_mechgrok(ds, args, nbeta, token_tables=True)),
+            ("mechgrok (batched chains, model.forward)", time_mechgrok(ds, args, nbeta, token_tables=False))]
+    dv = time_devinterp(ds, args, nbeta)
+    if dv is not None:
+        rows.append(("devinterp 1.x (chains in sequence)", dv))
+    print(f"{'estimator':42s} {'s/checkpoint':>13s} {'ms/chain-step':>14s} {'LLC':>16s} {'speed-up':>9s}")
+    ref = dv[0] if dv is not None else None
+    for name, (sec, m, s) in rows:
+        speed = f"{ref / sec:8.2f}x" if ref else "      n/a"
+        print(f"{name:42s} {sec:13.2f} {1e3 * sec / steps:14.2f} {m:9.2f} +/- {s:4.2f} {speed}")
+    if dv is None:
+        print("devinterp (1.x API) is not installed: pip install devinterp==1.3.2 to compare")
+
+
+if __name__ == "__main__":
+    main()

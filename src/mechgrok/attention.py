@@ -1,0 +1,139 @@
+"""Attention heads as periodic functions of the inputs (paper appendix C.1.3, Table 2).
+
+With attention from ``=`` to itself negligible, head h's attention from ``=`` to the position of a is about
+
+    attn_to_a(a, b) ~ 0.5 + C (cos(w (a + theta)) - cos(w (b + theta))),   w = 2 pi k / p
+
+(``shared/reference/paper.md`` 3.11). For every frequency k this is a linear least-squares fit in the
+regressors X_cos = cos(w a) - cos(w b) and X_sin = sin(w a) - sin(w b) (with C cos(w theta) and
+-C sin(w theta) as coefficients) plus a constant. Over the full grid the three regressors are orthogonal,
+with |X_cos|^2 = |X_sin|^2 = p^2, so the fit is analytic for all k at once: with the marginal difference
+d(x) = sum_b y(x, b) - sum_a y(a, x),
+
+    C cos(w theta) = sum_x d(x) cos(w x) / p^2,      -C sin(w theta) = sum_x d(x) sin(w x) / p^2,
+
+the constant is the grid mean of y (0.5 when self-attention is nil; mechgrok fits it rather than fixing 0.5,
+and reports it as ``offset``) and
+
+    FVE(k) = p^2 C^2 / sum_{a,b} (y - mean y)^2,
+
+the fraction of the attention's variance over the grid that the fit explains. Conventions: C >= 0 and
+theta in [0, p / k) residues (theta is the phase in units of a; the phase in radians is w theta).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from mechgrok.activations import grid_activations, iter_checkpoint_chunks, model_p
+from mechgrok.errors import AnalysisError
+from mechgrok.fourier import check_odd_p
+
+__all__ = ["attention_fit", "attention_fit_from_pattern"]
+
+
+def attention_fit_from_pattern(attn_to_a: xr.DataArray) -> xr.Dataset:
+    """Fit 0.5 + C (cos w(a + theta) - cos w(b + theta)) to attention patterns for every frequency.
+
+    Parameters
+    ----------
+    attn_to_a : xarray.DataArray
+        (checkpoint, head, a, b) attention from ``=`` to the position of a (any dim order; odd p), e.g.
+        ``grid_activations(ds, include=("attn",))["attn_to_a"]``.
+
+    Returns
+    -------
+    xarray.Dataset
+        See :func:`attention_fit`.
+
+    Raises
+    ------
+    AnalysisError
+        If a dim is missing or p is even.
+    """
+    need = ("checkpoint", "head", "a", "b")
+    if any(d not in attn_to_a.dims for d in need):
+        raise AnalysisError(f"attn_to_a needs dims {need}, has {attn_to_a.dims}")
+    p = check_odd_p(attn_to_a.sizes["a"])
+    K = (p - 1) // 2
+    y = np.asarray(attn_to_a.transpose(*need).values, dtype=np.float64)
+    mean = y.mean(axis=(-2, -1))
+    total = ((y - mean[..., None, None]) ** 2).sum(axis=(-2, -1))
+    d = y.sum(axis=-1) - y.sum(axis=-2)  # (ck, head, x): sum_b y(x, b) - sum_a y(a, x)
+    k = np.arange(1, K + 1)
+    w = 2 * np.pi * k / p
+    x = np.arange(p)
+    a_cos = d @ np.cos(np.outer(x, w)) / p**2  # C cos(w theta)
+    a_sin = d @ np.sin(np.outer(x, w)) / p**2  # -C sin(w theta)
+    amp = np.hypot(a_cos, a_sin)
+    fve = np.divide(p**2 * amp**2, total[..., None], out=np.full_like(amp, np.nan), where=total[..., None] > 0)
+    theta = np.mod(np.arctan2(-a_sin, a_cos) / w, p / k)
+    filled = np.where(np.isnan(fve), -np.inf, fve)
+    best = filled.argmax(axis=-1)
+    defined = total > 0
+
+    def pick(arr: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(arr, best[..., None], axis=-1)[..., 0]
+
+    coords = {"checkpoint": attn_to_a["checkpoint"].values, "freq": k}
+    if "head" in attn_to_a.coords:
+        coords["head"] = attn_to_a["head"].values
+    model = "attn_to_a(a, b) = offset + C (cos(w (a + theta)) - cos(w (b + theta))), w = 2 pi k / p"
+    return xr.Dataset(
+        {
+            "fve": (("checkpoint", "head", "freq"), fve, {"description": "FVE of the fit at each frequency", "units": "fraction"}),
+            "amplitude": (("checkpoint", "head", "freq"), amp, {"description": "C >= 0 at each frequency", "units": "attention probability"}),
+            "theta": (("checkpoint", "head", "freq"), theta, {"description": "theta in [0, p/k) at each frequency", "units": "residues"}),
+            "head_freq": (("checkpoint", "head"), np.where(defined, k[best], -1), {"description": "frequency of the best fit (-1: constant attention)"}),
+            "head_fve": (("checkpoint", "head"), np.where(defined, pick(fve), np.nan), {"description": "FVE of the best fit", "units": "fraction"}),
+            "head_amplitude": (("checkpoint", "head"), np.where(defined, pick(amp), np.nan), {"description": "C of the best fit"}),
+            "head_theta": (("checkpoint", "head"), np.where(defined, pick(theta), np.nan), {"description": "theta of the best fit", "units": "residues"}),
+            "offset": (("checkpoint", "head"), mean, {"description": "fitted constant = grid mean of attn_to_a (0.5 with no self-attention)"}),
+        },
+        coords=coords,
+        attrs={
+            "description": "per-head fit of the attention from '=' to a (paper appendix C.1.3, Table 2)",
+            "model": model,
+            "rule": "least squares for every k = 1..(p-1)/2; head_freq = argmax_k FVE(k)",
+        },
+    )
+
+
+def attention_fit(ds: xr.Dataset, *, checkpoints: slice | list | None = None, chunk: int = 8) -> xr.Dataset:
+    """Per head and checkpoint: frequency, FVE, amplitude C and phase theta of the attention fit (paper Table 2).
+
+    Paper appendix C.1.3 (paper.md 3.11); the fit is solved analytically for all frequencies at once (module
+    docstring). Attention patterns come from one batched forward pass per chunk of checkpoints.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Canonical one-layer trajectory with an odd ``attrs["p"]``.
+    checkpoints : slice or list, optional
+        ``isel`` selection along ``checkpoint``; default all.
+    chunk : int
+        Checkpoints per forward pass.
+
+    Returns
+    -------
+    xarray.Dataset
+        Per frequency: ``fve``, ``amplitude`` (C), ``theta`` (residues) (checkpoint, head, freq). Best fit:
+        ``head_freq`` (int; -1 where the attention is constant over the grid), ``head_fve``,
+        ``head_amplitude``, ``head_theta`` (checkpoint, head; NaN where constant); ``offset`` (checkpoint,
+        head): the fitted constant. attrs ``model``, ``rule``.
+
+    Raises
+    ------
+    AnalysisError
+        If p is missing or even, or the model is multi-layer.
+    """
+    check_odd_p(model_p(ds))
+    if checkpoints is not None:
+        ds = ds.isel(checkpoint=checkpoints)
+    parts = [
+        attention_fit_from_pattern(grid_activations(sub, chunk=chunk, include=("attn",))["attn_to_a"])
+        for sub in iter_checkpoint_chunks(ds, chunk)
+    ]
+    out = xr.concat(parts, dim="checkpoint", combine_attrs="override")
+    return out

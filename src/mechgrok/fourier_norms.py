@@ -1,0 +1,136 @@
+"""Fourier norms of the embedding and of the neuron-logit map, at every checkpoint (paper section 4.1, Fig. 3).
+
+With the orthonormal basis F of :mod:`mechgrok.fourier` (rows in the paper's order **[const, cos 1, sin 1,
+..., cos (p-1)/2, sin (p-1)/2]**; ``shared/reference/paper.md`` 3.1-3.2):
+
+* embedding: drop the ``=`` row of ``W_E`` (vocab, d_model) and transform along the token axis,
+  ``n_i = || (F W_E[:p])[i, :] ||_2`` over d_model (paper Fig. 3a, "fourier_embedding");
+* neuron-logit map: ``W_logit = W_out W_U[:, :p]`` (d_mlp, c), transformed along the output (class) axis,
+  ``m_i = || (W_logit F^T)[:, i] ||_2`` over neurons (paper Fig. 3b).
+
+The per-frequency norm combines the cos and sin components, ``sqrt(n_{cos k}^2 + n_{sin k}^2)`` (mechgrok's,
+not the paper's). The share of a frequency is its squared per-frequency norm over the sum of squared norms of
+all non-constant components, so shares sum to 1 over ``freq``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from mechgrok.activations import iter_checkpoint_chunks, model_p
+from mechgrok.effective_weights import effective_weights
+from mechgrok.errors import AnalysisError
+from mechgrok.fourier import check_odd_p, fourier_basis
+
+__all__ = ["fourier_norms", "per_frequency"]
+
+
+def per_frequency(norm: xr.DataArray, *, dim: str = "fourier") -> xr.DataArray:
+    """Combine cos and sin component norms into per-frequency norms sqrt(n_cos^2 + n_sin^2).
+
+    Parameters
+    ----------
+    norm : xarray.DataArray
+        Has ``dim`` of length p (odd) in the paper's order [const, cos 1, sin 1, ...].
+    dim : str
+        The Fourier component dim.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``dim`` replaced by ``freq`` = 1..(p-1)/2 (the constant component is left out).
+
+    Raises
+    ------
+    AnalysisError
+        If ``dim`` has an even length.
+    """
+    p = check_odd_p(norm.sizes[dim])
+    k = (p - 1) // 2
+    arr = np.moveaxis(np.asarray(norm.values, dtype=np.float64), norm.get_axis_num(dim), -1)[..., 1:]
+    out = np.sqrt((arr.reshape(*arr.shape[:-1], k, 2) ** 2).sum(-1))
+    dims = [d for d in norm.dims if d != dim] + ["freq"]
+    coords = {d: norm[d].values for d in dims[:-1] if d in norm.coords}
+    coords["freq"] = np.arange(1, k + 1)
+    return xr.DataArray(out, dims=dims, coords=coords, attrs={"units": norm.attrs.get("units", "")})
+
+
+def _share(freq_norm: np.ndarray) -> np.ndarray:
+    sq = freq_norm**2
+    tot = sq.sum(-1, keepdims=True)
+    return np.divide(sq, tot, out=np.zeros_like(sq), where=tot > 0)
+
+
+def fourier_norms(ds: xr.Dataset, *, chunk: int = 64, include: tuple[str, ...] = ("W_E", "W_logit")) -> xr.Dataset:
+    """Norms of ``W_E`` and ``W_logit`` per Fourier component and per frequency at every checkpoint.
+
+    Paper section 4.1 and Fig. 3 (paper.md 3.2); the Gini coefficient of these norms is a progress measure
+    (paper section 5.1).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Canonical one-layer trajectory with an odd ``attrs["p"]``.
+    chunk : int
+        Checkpoints per step.
+    include : tuple of str
+        ``"W_E"`` and/or ``"W_logit"``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``W_E_fourier_norm`` (checkpoint, fourier), ``W_E_freq_norm``, ``W_E_freq_share`` (checkpoint, freq),
+        and the same three for ``W_logit``. ``fourier`` has labels "const", "cos 1", "sin 1", ... and a ``freq``
+        coordinate (0 for const); the ``freq`` dim runs 1..(p-1)/2. Norms are in weight units (embedding units
+        for W_E, logits per unit activation for W_logit); shares are fractions summing to 1 over ``freq``.
+
+    Raises
+    ------
+    AnalysisError
+        If p is missing or even, the model is multi-layer, or a weight is missing.
+    """
+    p = check_odd_p(model_p(ds))
+    bad = [n for n in include if n not in ("W_E", "W_logit")]
+    if bad:
+        raise AnalysisError(f"unknown Fourier-norm inputs {bad}; known: W_E, W_logit")
+    F = fourier_basis(p).values
+    need = sorted({"W_E"} & set(include) | ({"W_out", "W_U"} if "W_logit" in include else set()))
+    missing = [n for n in need if n not in ds]
+    if missing:
+        raise AnalysisError(f"the trajectory lacks weights {missing}")
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in include}
+    for sub in iter_checkpoint_chunks(ds[need], chunk):
+        if "W_E" in include:
+            W_E = np.asarray(sub["W_E"].values, dtype=np.float64)[:, :p]  # (ck, vocab, d_model)
+            parts["W_E"].append(np.linalg.norm(np.einsum("fx,cxm->cfm", F, W_E), axis=-1))
+        if "W_logit" in include:
+            W_logit = effective_weights(sub, include=("W_logit",), chunk=chunk)["W_logit"].values  # (ck, n, c)
+            parts["W_logit"].append(np.linalg.norm(np.einsum("cnx,fx->cnf", W_logit, F), axis=1))
+    basis = fourier_basis(p)
+    coords = {
+        "checkpoint": ds["checkpoint"].values,
+        "fourier": basis["fourier"].values,
+        "freq": np.arange(1, (p - 1) // 2 + 1),
+    }
+    data: dict[str, tuple] = {}
+    comp_freq = basis["freq"].values
+    for name in include:
+        comp = np.concatenate(parts[name])
+        freq_norm = np.sqrt((comp[:, 1:].reshape(comp.shape[0], -1, 2) ** 2).sum(-1))
+        what = "W_E[:p] along the token axis" if name == "W_E" else "W_logit along the class axis"
+        data[f"{name}_fourier_norm"] = (("checkpoint", "fourier"), comp, {"description": f"norm of each Fourier component of {what}"})
+        data[f"{name}_freq_norm"] = (("checkpoint", "freq"), freq_norm, {"description": "sqrt(n_cos^2 + n_sin^2)"})
+        data[f"{name}_freq_share"] = (
+            ("checkpoint", "freq"),
+            _share(freq_norm),
+            {"description": "squared frequency norm / sum over frequencies (const excluded)", "units": "fraction"},
+        )
+    out = xr.Dataset(data, coords=coords)
+    out = out.assign_coords(fourier_freq=("fourier", comp_freq))
+    out.attrs = {
+        "description": "Fourier norms of W_E and of the neuron-logit map W_logit (paper section 4.1, Fig. 3)",
+        "basis": "orthonormal, rows [const, cos 1, sin 1, ...] (paper order)",
+        "p": p,
+    }
+    return out

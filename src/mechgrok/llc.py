@@ -1,0 +1,878 @@
+"""The local learning coefficient (LLC) as a progress measure, estimated by localised SGLD.
+
+The LLC ``lambda(w*)`` of singular learning theory measures how degenerate the loss landscape is around a
+trained point ``w*``: a regular model with d parameters has ``lambda = d / 2``, a singular one less. Lau et al.
+(2023, "The Local Learning Coefficient: A Singularity-Aware Complexity Measure", arXiv 2308.12108) estimate it
+from the localised, tempered posterior ``p(w) ~ exp(-nbeta L(w) - gamma/2 ||w - w*||^2)`` by
+
+    lambda_hat(w*) = nbeta * ( E_w[ L(w) ] - L(w*) ),
+
+the expectation taken over SGLD draws (:mod:`mechgrok.sgld`; ``beyond.md`` 1.2). Per chain ``c``:
+``lambda_c = nbeta * (mean_t L_{c,t} - L(w*))``; the estimate is the mean over chains and its spread the standard
+deviation over chains (ddof = 1). Chains that diverge are reported and left out of both, never averaged in.
+
+Three layers:
+
+* :func:`estimate_llc` and :func:`sweep_llc`: any model, given a batched loss function (used by the known-answer
+  tests: linear regression, ``lambda = d/2``; a quartic singular model, ``lambda = d/4``);
+* :func:`llc_trajectory`: the paper's transformer over a canonical trajectory (``checkpoint`` dim), on the
+  training split, for the analysis pipeline (``mechgrok analyze --llc``);
+* :func:`calibrate_llc` and :func:`recommend_settings`: an epsilon x nbeta sweep on one checkpoint and the
+  settings it supports (flat trace, no divergence, few draws below the starting loss, an estimate that does not
+  move when epsilon shrinks).
+
+The loss for the transformer is the training loss exactly as the trainer computes it: the float64 cross-entropy
+of the final-position logits over all ``d_vocab_out = p + 1`` classes (the ``=`` class included), averaged over
+the training pairs (``mechgrok.train``; ``paper.md`` 2.1). The paper's analyses use p classes; the LLC must use the
+loss the checkpoint was trained on, otherwise ``w*`` is not a minimum of it. See ``docs/llc.md`` for the settings
+and the pitfalls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from mechgrok.activations import checkpoint_weights, model_p
+from mechgrok.data import grid_labels, grid_tokens
+from mechgrok.errors import AnalysisError
+from mechgrok.loss import per_example_loss
+from mechgrok.model import WEIGHT_NAMES, forward
+from mechgrok.sgld import SGLDResult, chain_seeds, per_chain, sgld_sample
+
+__all__ = [
+    "DEFAULTS",
+    "default_nbeta",
+    "estimate_llc",
+    "sweep_llc",
+    "recommend_settings",
+    "TrainLoss",
+    "llc_trajectory",
+    "calibrate_llc",
+]
+
+#: Default SGLD settings for the paper's transformer on the training split (see docs/llc.md, "Choosing the
+#: settings"; calibrated on fixtures/quick-run with :func:`calibrate_llc`). ``nbeta=None`` means
+#: :func:`default_nbeta` of the number of rows per step.
+DEFAULTS: dict[str, Any] = {
+    "epsilon": 3e-4,
+    "gamma": 100.0,
+    "nbeta": None,
+    "weight_decay": 0.0,
+    "num_chains": 4,
+    "num_burnin": 200,
+    "num_draws": 200,
+    "steps_between_draws": 1,
+    "batch_size": None,
+    "divergence_factor": 100.0,
+}
+
+_REFERENCE = "Lau, Furman, Wang, Murfet & Wei 2023, arXiv 2308.12108; beyond.md 1.2"
+_ESTIMATOR = "llc = nbeta * (mean over draws of the step's batch loss - full-data loss at the checkpoint), per chain"
+
+
+def default_nbeta(n: int) -> float:
+    """The default inverse temperature ``n / ln n`` (Lau et al. 2023; devinterp's ``default_nbeta``).
+
+    Parameters
+    ----------
+    n : int
+        Rows that each step's mean loss is taken over: the training-set size for full-batch sampling, the batch
+        size for minibatch sampling (as devinterp does since its PR #69; ``beyond.md`` 1.2).
+
+    Raises
+    ------
+    AnalysisError
+        If ``n < 2``.
+    """
+    if n < 2:
+        raise AnalysisError(f"the default nbeta n/ln(n) needs n >= 2 rows per step, got {n}")
+    return float(n / math.log(n))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Summaries of chains
+# ---------------------------------------------------------------------------------------------------------------
+def _summarize_group(
+    losses: np.ndarray,
+    draw_steps: np.ndarray,
+    init_loss: np.ndarray,
+    nbeta: np.ndarray,
+    dead_at: np.ndarray,
+    distance: np.ndarray,
+    *,
+    divergence_factor: float,
+) -> dict[str, np.ndarray]:
+    """Per-chain and pooled statistics of one group of chains that share their settings and centre."""
+    # diverged chains overflow and produce all-NaN slices: the inf/NaN they give is the intended answer
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _summarize_group_unguarded(losses, draw_steps, init_loss, nbeta, dead_at, distance,
+                                          divergence_factor=divergence_factor)
+
+
+def _summarize_group_unguarded(losses, draw_steps, init_loss, nbeta, dead_at, distance, *, divergence_factor):
+    draws = losses[:, draw_steps]
+    n_draws = draws.shape[1]
+    excess = nbeta[:, None] * (losses - init_loss[:, None])  # LLC units, every step (burn-in included)
+    excess_draws = excess[:, draw_steps]
+    finite = np.isfinite(losses).all(axis=1) & (dead_at < 0)
+    # typical excess of the calmest chain: a blown-up chain cannot raise its own threshold
+    ref = float(np.median(excess_draws[finite], axis=1).min()) if finite.any() else 1.0
+    ref = max(ref, 1.0)
+    blown = np.array([bool(finite[c] and np.max(excess[c]) > divergence_factor * ref) for c in range(len(finite))])
+    diverged = ~finite | blown
+    q = max(1, n_draws // 4)
+    llc_chain = nbeta * (draws.mean(axis=1) - init_loss)
+    loss_first = draws[:, :q].mean(axis=1)
+    loss_last = draws[:, -q:].mean(axis=1)
+    below = np.where(np.isfinite(draws).all(axis=1), (draws < init_loss[:, None]).mean(axis=1), np.nan)
+    dist = np.nanmean(distance, axis=1) if distance.size else np.full(len(finite), np.nan)
+    ok = ~diverged
+    n_ok = int(ok.sum())
+    llc_mean = float(llc_chain[ok].mean()) if n_ok else np.nan
+    llc_std = float(llc_chain[ok].std(ddof=1)) if n_ok > 1 else np.nan
+    return {
+        "llc_mean": np.float64(llc_mean),
+        "llc_std": np.float64(llc_std),
+        "n_diverged": np.int64(len(ok) - n_ok),
+        "frac_below_init": np.float64(below[ok].mean() if n_ok else np.nan),
+        "llc_drift": np.float64((nbeta[ok] * (loss_last[ok] - loss_first[ok])).mean() if n_ok else np.nan),
+        "init_loss": np.float64(init_loss.mean()),
+        "llc_chain": llc_chain,
+        "diverged": diverged,
+        "dead_at": dead_at.astype(np.int64),
+        "frac_below_init_chain": below,
+        "loss_mean_chain": draws.mean(axis=1),
+        "loss_first_chain": loss_first,
+        "loss_last_chain": loss_last,
+        "distance_chain": dist,
+        "loss_trace": draws,
+    }
+
+
+_SCALARS = ("llc_mean", "llc_std", "n_diverged", "frac_below_init", "llc_drift", "init_loss")
+_PER_CHAIN = ("llc_chain", "diverged", "dead_at", "frac_below_init_chain", "loss_mean_chain", "loss_first_chain",
+              "loss_last_chain", "distance_chain")
+_VAR_ATTRS: dict[str, dict[str, str]] = {
+    "llc_mean": {"long_name": "local learning coefficient, mean over non-diverged chains", "units": "1"},
+    "llc_std": {"long_name": "standard deviation (ddof=1) of the per-chain LLC over non-diverged chains", "units": "1"},
+    "n_diverged": {"long_name": "chains that diverged (NaN/Inf or a loss blow-up); left out of llc_mean/llc_std"},
+    "frac_below_init": {"long_name": "fraction of draws whose loss is below the loss at the checkpoint (non-diverged chains)",
+                        "units": "fraction"},
+    "llc_drift": {"long_name": "nbeta * (mean loss over the last quarter of draws - over the first quarter), "
+                  "mean over non-diverged chains; near 0 for a flat trace", "units": "1"},
+    "init_loss": {"long_name": "full-data loss at the checkpoint L(w*)", "units": "nats"},
+    "llc_chain": {"long_name": "per-chain LLC nbeta * (mean draw loss - L(w*))", "units": "1"},
+    "diverged": {"long_name": "chain diverged (NaN/Inf loss or gradient, or a loss blow-up)"},
+    "dead_at": {"long_name": "first step with a non-finite loss or gradient, -1 if none", "units": "steps"},
+    "frac_below_init_chain": {"long_name": "per-chain fraction of draws below L(w*)", "units": "fraction"},
+    "loss_mean_chain": {"long_name": "mean loss over the draws", "units": "nats"},
+    "loss_first_chain": {"long_name": "mean loss over the first quarter of the draws", "units": "nats"},
+    "loss_last_chain": {"long_name": "mean loss over the last quarter of the draws", "units": "nats"},
+    "distance_chain": {"long_name": "mean Euclidean distance ||w - w*|| over the draws (all sampled weights)"},
+    "loss_trace": {"long_name": "loss of the step's batch at each draw", "units": "nats"},
+}
+
+
+def _group_dataset(stats: Mapping[str, np.ndarray], *, keep_trace: bool) -> xr.Dataset:
+    data: dict[str, Any] = {}
+    for k in _SCALARS:
+        data[k] = ((), stats[k], _VAR_ATTRS[k])
+    for k in _PER_CHAIN:
+        data[k] = (("chain",), np.asarray(stats[k]), _VAR_ATTRS[k])
+    if keep_trace:
+        data["loss_trace"] = (("chain", "draw"), np.asarray(stats["loss_trace"]), _VAR_ATTRS["loss_trace"])
+    n_chain = len(stats["llc_chain"])
+    coords = {"chain": np.arange(n_chain)}
+    if keep_trace:
+        coords["draw"] = np.arange(np.asarray(stats["loss_trace"]).shape[1])
+    return xr.Dataset(data, coords=coords)
+
+
+def _settings_attrs(**settings: Any) -> dict[str, Any]:
+    """Settings as Zarr-safe attrs (no None)."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if v is None:
+            continue
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def _check_counts(num_chains: int, num_burnin: int, num_draws: int, steps_between_draws: int) -> None:
+    for label, value, low in (("num_chains", num_chains, 1), ("num_burnin", num_burnin, 0),
+                              ("num_draws", num_draws, 1), ("steps_between_draws", steps_between_draws, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise AnalysisError(f"{label} must be an integer >= {low}, got {value!r}")
+
+
+def _replicate(params: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in params.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generic estimator
+# ---------------------------------------------------------------------------------------------------------------
+def estimate_llc(
+    loss_fn: Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor],
+    params: Mapping[str, torch.Tensor],
+    *,
+    epsilon: float | Sequence[float],
+    nbeta: float | Sequence[float],
+    gamma: float = 100.0,
+    weight_decay: float = 0.0,
+    num_chains: int = 4,
+    num_burnin: int = 100,
+    num_draws: int = 200,
+    steps_between_draws: int = 1,
+    seed: int = 0,
+    batch_fn: Callable[[Sequence[torch.Generator]], Any] | None = None,
+    init_loss: float | None = None,
+    divergence_factor: float = 100.0,
+    keep_trace: bool = False,
+) -> xr.Dataset:
+    """Estimate the LLC of any model at ``params`` by localised SGLD (Lau et al. 2023, eqs. 12-13).
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(params, batch) -> (chain,) float64`` mean loss per chain (nats for a log-likelihood), where
+        ``params`` maps each name to a (chain, ...) tensor; ``batch`` is None for the full data set, else what
+        ``batch_fn`` returned. See :func:`mechgrok.sgld.sgld_sample`.
+    params : mapping of str to torch.Tensor
+        The point ``w*`` (no chain dim), ideally a local minimum of the loss.
+    epsilon : float or sequence of float
+        SGLD step size; one value, or one per chain.
+    nbeta : float or sequence of float
+        Inverse temperature ``n * beta``; one value, or one per chain. Lau et al. use ``n / ln n``
+        (:func:`default_nbeta`).
+    gamma : float
+        Localisation strength.
+    weight_decay : float
+        Extra ``weight_decay * w`` drift, for points that minimise ``L + (weight_decay / (2 nbeta)) ||w||^2`` rather
+        than ``L`` (``beyond.md`` 1.7).
+    num_chains, num_burnin, num_draws, steps_between_draws : int
+        Chains; steps before the first draw; draws per chain; steps per draw.
+    seed : int
+        Chain ``c`` draws its noise from :func:`mechgrok.sgld.chain_seeds` ``(seed)[c]``.
+    batch_fn : callable, optional
+        Minibatch sampler ``batch_fn(generators) -> batch``; None samples with the full data set.
+    init_loss : float, optional
+        ``L(w*)``; computed on the full data set when omitted.
+    divergence_factor : float
+        A chain has blown up when ``nbeta * (L_t - L(w*))`` at any step exceeds this factor times
+        ``max(1, the smallest per-chain median over the draws)``; it is then reported as diverged.
+    keep_trace : bool
+        Also return ``loss_trace`` (chain, draw).
+
+    Returns
+    -------
+    xarray.Dataset
+        Scalars ``llc_mean``, ``llc_std`` (over non-diverged chains), ``n_diverged``, ``frac_below_init``,
+        ``llc_drift``, ``init_loss``; per chain (dim ``chain``) ``llc_chain``, ``diverged``, ``dead_at``,
+        ``frac_below_init_chain``, ``loss_mean_chain``, ``loss_first_chain``, ``loss_last_chain``,
+        ``distance_chain``; ``loss_trace`` (chain, draw) with ``keep_trace``. Settings in ``attrs``.
+
+    Raises
+    ------
+    AnalysisError
+        On invalid settings or a ``loss_fn`` with the wrong output shape.
+    """
+    _check_counts(num_chains, num_burnin, num_draws, steps_between_draws)
+    center = _replicate(params, num_chains)
+    res = sgld_sample(
+        loss_fn, center, epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay,
+        num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws,
+        seeds=chain_seeds(seed, num_chains=num_chains), batch_fn=batch_fn,
+        init_loss=None if init_loss is None else np.full(num_chains, float(init_loss)),
+    )
+    stats = _summarize_group(res.losses, res.draw_steps, res.init_loss, res.nbeta, res.dead_at, res.distance,
+                             divergence_factor=divergence_factor)
+    out = _group_dataset(stats, keep_trace=keep_trace)
+    out.attrs = _settings_attrs(
+        title="local learning coefficient (SGLD)",
+        estimator=_ESTIMATOR,
+        reference=_REFERENCE,
+        epsilon=json.dumps(res.epsilon.tolist()) if np.ptp(res.epsilon) else float(res.epsilon[0]),
+        nbeta=json.dumps(res.nbeta.tolist()) if np.ptp(res.nbeta) else float(res.nbeta[0]),
+        gamma=float(gamma), weight_decay=float(weight_decay), num_chains=int(num_chains),
+        num_burnin=int(num_burnin), num_draws=int(num_draws), steps_between_draws=int(steps_between_draws),
+        seed=int(seed), full_batch=batch_fn is None, divergence_factor=float(divergence_factor),
+        n_params=int(res.n_params),
+    )
+    return out
+
+
+def sweep_llc(
+    loss_fn: Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor],
+    params: Mapping[str, torch.Tensor],
+    *,
+    epsilons: Sequence[float],
+    nbetas: Sequence[float],
+    gamma: float = 100.0,
+    weight_decay: float = 0.0,
+    num_chains: int = 2,
+    num_burnin: int = 100,
+    num_draws: int = 200,
+    steps_between_draws: int = 1,
+    seed: int = 0,
+    batch_fn: Callable[[Sequence[torch.Generator]], Any] | None = None,
+    divergence_factor: float = 100.0,
+    keep_trace: bool = True,
+    seed_keys: Sequence[int] = (),
+) -> xr.Dataset:
+    """LLC estimates over an epsilon x nbeta grid at one point, all cells as one batched SGLD run.
+
+    Every cell runs ``num_chains`` chains; the ``len(epsilons) * len(nbetas) * num_chains`` chains are one
+    batched computation with per-chain step size and temperature (``beyond.md`` 1.3-1.4, devinterp's
+    ``EpsilonBetaAnalyzer``).
+
+    Parameters
+    ----------
+    loss_fn, params, gamma, weight_decay, num_burnin, num_draws, steps_between_draws, batch_fn, divergence_factor
+        As for :func:`estimate_llc`.
+    epsilons : sequence of float
+        Step sizes (> 0), the ``epsilon`` dim.
+    nbetas : sequence of float
+        Inverse temperatures (> 0), the ``nbeta`` dim.
+    num_chains : int
+        Chains per cell.
+    seed : int
+        Chain seeds are ``chain_seeds(seed, *seed_keys)`` over all cells (cell-major).
+    keep_trace : bool
+        Keep ``loss_trace`` (epsilon, nbeta, chain, draw).
+    seed_keys : sequence of int
+        Extra keys for the seeds (e.g. the checkpoint's epoch).
+
+    Returns
+    -------
+    xarray.Dataset
+        The variables of :func:`estimate_llc` with leading dims (epsilon, nbeta), plus ``llc_over_nbeta``
+        (epsilon, nbeta) = ``llc_mean / nbeta`` (the mean excess loss, nats), and the verdict of
+        :func:`recommend_settings` (``healthy``, ``stable`` and the ``recommended_*`` attrs).
+
+    Raises
+    ------
+    AnalysisError
+        On empty or non-positive grids or invalid settings.
+    """
+    eps_grid = np.asarray(list(epsilons), dtype=np.float64)
+    nb_grid = np.asarray(list(nbetas), dtype=np.float64)
+    if eps_grid.size == 0 or nb_grid.size == 0 or (eps_grid <= 0).any() or (nb_grid <= 0).any():
+        raise AnalysisError(f"epsilons and nbetas must be non-empty and positive, got {eps_grid.tolist()}, {nb_grid.tolist()}")
+    if len(set(eps_grid.tolist())) != eps_grid.size or len(set(nb_grid.tolist())) != nb_grid.size:
+        raise AnalysisError("epsilons and nbetas must not repeat values")
+    _check_counts(num_chains, num_burnin, num_draws, steps_between_draws)
+    n_e, n_b = eps_grid.size, nb_grid.size
+    n_cells = n_e * n_b
+    total = n_cells * num_chains
+    eps_chain = np.repeat(np.repeat(eps_grid, n_b), num_chains)
+    nb_chain = np.repeat(np.tile(nb_grid, n_e), num_chains)
+    center = _replicate(params, total)
+    res = sgld_sample(
+        loss_fn, center, epsilon=eps_chain, nbeta=nb_chain, gamma=gamma, weight_decay=weight_decay,
+        num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws,
+        seeds=chain_seeds(seed, *seed_keys, num_chains=total), batch_fn=batch_fn,
+    )
+    cells = []
+    for cell in range(n_cells):
+        sl = slice(cell * num_chains, (cell + 1) * num_chains)
+        stats = _summarize_group(res.losses[sl], res.draw_steps, res.init_loss[sl], res.nbeta[sl], res.dead_at[sl],
+                                 res.distance[sl], divergence_factor=divergence_factor)
+        cells.append(_group_dataset(stats, keep_trace=keep_trace))
+    grid = xr.concat(cells, dim="cell", data_vars="all", coords="minimal", compat="override", join="override")
+    grid = grid.assign_coords(cell=np.arange(n_cells))
+    out = xr.Dataset(
+        {name: (("epsilon", "nbeta", *grid[name].dims[1:]),
+                grid[name].values.reshape(n_e, n_b, *grid[name].shape[1:]), grid[name].attrs)
+         for name in grid.data_vars},
+        coords={"epsilon": ("epsilon", eps_grid, {"long_name": "SGLD step size"}),
+                "nbeta": ("nbeta", nb_grid, {"long_name": "inverse temperature n*beta"}),
+                **{c: grid[c] for c in ("chain", "draw") if c in grid.coords}},
+    )
+    out["llc_over_nbeta"] = out["llc_mean"] / out["nbeta"]
+    out["llc_over_nbeta"].attrs = {"long_name": "llc_mean / nbeta: mean excess loss of the draws", "units": "nats"}
+    out.attrs = _settings_attrs(
+        title="LLC calibration sweep (epsilon x nbeta)",
+        estimator=_ESTIMATOR, reference=_REFERENCE, gamma=float(gamma), weight_decay=float(weight_decay),
+        num_chains=int(num_chains), num_burnin=int(num_burnin), num_draws=int(num_draws),
+        steps_between_draws=int(steps_between_draws), seed=int(seed), full_batch=batch_fn is None,
+        divergence_factor=float(divergence_factor), n_params=int(res.n_params),
+    )
+    return recommend_settings(out)
+
+
+def recommend_settings(
+    sweep: xr.Dataset,
+    *,
+    max_frac_below: float = 0.1,
+    drift_tol: float = 0.1,
+    stability_tol: float = 0.2,
+    target_nbeta: float | None = None,
+) -> xr.Dataset:
+    """Judge each cell of an epsilon x nbeta sweep and recommend one (``beyond.md`` 1.4).
+
+    A cell is **healthy** when no chain diverged, the LLC is positive, at most ``max_frac_below`` of the draws
+    lie below the starting loss, and the trace is flat: ``|llc_drift| <= max(drift_tol * llc_mean, 2 * llc_std)``.
+    It is **stable** when it is healthy and so is the cell with the next smaller epsilon at the same nbeta, and
+    their LLCs agree within ``max(stability_tol * llc_mean, 2 * sqrt(std_1^2 + std_2^2))`` (the estimate sits on
+    the plateau in epsilon, so it is not a step-size artefact). The recommendation is the stable cell with the
+    largest epsilon (the fastest mixing), ties broken by nbeta nearest ``target_nbeta`` on a log scale; if no
+    cell is stable, the healthy cell with the *smallest* epsilon (the least step-size bias; the message says the
+    plateau is unconfirmed, so sweep smaller epsilons or draw longer); if none is healthy, nothing.
+
+    Parameters
+    ----------
+    sweep : xarray.Dataset
+        Output of :func:`sweep_llc` / :func:`calibrate_llc` (dims epsilon, nbeta).
+    max_frac_below, drift_tol, stability_tol : float
+        Thresholds above.
+    target_nbeta : float, optional
+        Preferred nbeta; default ``attrs["default_nbeta"]`` when present, else the geometric middle of the grid.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``sweep`` with ``healthy`` and ``stable`` (epsilon, nbeta) and attrs ``recommended_epsilon``,
+        ``recommended_nbeta``, ``recommended_llc`` (NaN when nothing qualifies), ``recommendation`` (a sentence)
+        and ``recommendation_rule``.
+
+    Raises
+    ------
+    AnalysisError
+        If ``sweep`` lacks the epsilon/nbeta dims or the LLC variables.
+    """
+    for name in ("llc_mean", "llc_std", "n_diverged", "frac_below_init", "llc_drift"):
+        if name not in sweep or sweep[name].dims != ("epsilon", "nbeta"):
+            raise AnalysisError(f"not an epsilon x nbeta sweep: variable {name!r} (epsilon, nbeta) is missing")
+    m, s = sweep["llc_mean"].values, sweep["llc_std"].values
+    s0 = np.nan_to_num(s, nan=0.0)
+    with np.errstate(invalid="ignore"):
+        healthy = ((sweep["n_diverged"].values == 0) & (m > 0) & (sweep["frac_below_init"].values <= max_frac_below)
+                   & (np.abs(sweep["llc_drift"].values) <= np.maximum(drift_tol * m, 2 * s0)))
+    healthy &= np.isfinite(m)
+    eps = sweep["epsilon"].values
+    nbs = sweep["nbeta"].values
+    order = np.argsort(eps)
+    stable = np.zeros_like(healthy)
+    for j in range(len(nbs)):
+        for a, b in zip(order[1:], order[:-1]):  # a: larger epsilon, b: the next smaller one
+            if healthy[a, j] and healthy[b, j]:
+                tol = max(stability_tol * m[a, j], 2 * math.hypot(s0[a, j], s0[b, j]))
+                stable[a, j] = abs(m[a, j] - m[b, j]) <= tol
+    if target_nbeta is None:
+        target_nbeta = float(sweep.attrs.get("default_nbeta", math.exp(np.mean(np.log(nbs)))))
+    out = sweep.copy()
+    out["healthy"] = (("epsilon", "nbeta"), healthy, {"long_name": "no divergence, LLC > 0, few draws below L(w*), flat trace"})
+    out["stable"] = (("epsilon", "nbeta"), stable, {"long_name": "healthy and agrees with the next smaller epsilon"})
+    pick = None
+    # stable cells: the largest epsilon (fastest mixing); healthy but unconfirmed: the smallest (least biased)
+    for mask, kind, sign in ((stable, "stable", -1.0), (healthy, "healthy but not confirmed by a smaller epsilon", 1.0)):
+        if mask.any():
+            cand = np.argwhere(mask)
+            key = [(sign * eps[i], abs(math.log(nbs[j] / target_nbeta))) for i, j in cand]
+            i, j = cand[min(range(len(cand)), key=lambda q: key[q])]
+            pick = (int(i), int(j), kind)
+            break
+    rule = (f"healthy: n_diverged == 0, llc_mean > 0, frac_below_init <= {max_frac_below}, "
+            f"|llc_drift| <= max({drift_tol} * llc_mean, 2 * llc_std); stable: healthy and within "
+            f"max({stability_tol} * llc_mean, 2 * combined std) of the next smaller epsilon; pick the stable cell "
+            f"with the largest epsilon (else the healthy cell with the smallest), then nbeta nearest "
+            f"{target_nbeta:.4g}")
+    attrs = dict(out.attrs, recommendation_rule=rule)
+    if pick is None:
+        attrs.update(recommended_epsilon=float("nan"), recommended_nbeta=float("nan"), recommended_llc=float("nan"),
+                     recommendation="no cell is healthy: lower epsilon, raise gamma, or add weight_decay and re-sweep")
+    else:
+        i, j, kind = pick
+        attrs.update(recommended_epsilon=float(eps[i]), recommended_nbeta=float(nbs[j]),
+                     recommended_llc=float(m[i, j]),
+                     recommendation=f"epsilon={eps[i]:.3g}, nbeta={nbs[j]:.4g} ({kind} cell; LLC {m[i, j]:.4g} "
+                                    f"+/- {s0[i, j]:.2g})")
+    out.attrs = attrs
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The paper's transformer on the training split
+# ---------------------------------------------------------------------------------------------------------------
+class TrainLoss:
+    """Batched training loss of the paper's model: ``loss_fn(params, batch) -> (chain,) float64``.
+
+    The float64 cross-entropy of the final-position logits over all ``d_vocab_out`` classes, averaged over the
+    rows, exactly as :func:`mechgrok.train.train` computes it (``paper.md`` 2.1, 2.3).
+
+    Parameters
+    ----------
+    tokens : torch.Tensor
+        int64, (n, 3): the training inputs ``[a, b, =]``.
+    labels : torch.Tensor
+        int64, (n,).
+    batch_size : int, optional
+        Rows per minibatch; None for full-batch sampling.
+    token_tables : bool
+        Compute the attention inputs from per-token tables (exact: every sequence is ``[a, b, =]``, so the
+        residual stream at each position is one of ``d_vocab`` rows); about twice as fast as running
+        :func:`mechgrok.model.forward` on every row, which ``token_tables=False`` does.
+
+    Notes
+    -----
+    With minibatches each chain draws its own batch each step (a fresh permutation of the rows per pass, drawn
+    from the chain's generator): ``batch`` is an int64 (chain, batch_size) index tensor.
+    """
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, *, batch_size: int | None = None,
+                 token_tables: bool = True):
+        n = int(tokens.shape[0])
+        if batch_size is not None and not (isinstance(batch_size, (int, np.integer)) and 1 <= batch_size <= n):
+            raise AnalysisError(f"batch_size must be an integer between 1 and the {n} training rows, got {batch_size!r}")
+        self.tokens, self.labels = tokens, labels
+        self.n = n
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.token_tables = bool(token_tables) and bool((tokens[:, 2] == tokens[0, 2]).all())
+        self._perm: torch.Tensor | None = None
+        self._pos = 0
+
+    @property
+    def rows_per_step(self) -> int:
+        """Rows each step's mean loss is taken over."""
+        return self.n if self.batch_size is None else self.batch_size
+
+    def to(self, device: torch.device | str) -> TrainLoss:
+        self.tokens, self.labels = self.tokens.to(device), self.labels.to(device)
+        return self
+
+    def batch_fn(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Next minibatch of row indices per chain, int64 (chain, batch_size)."""
+        m = self.batch_size
+        if m is None:
+            raise AnalysisError("batch_fn is for minibatch sampling; this loss has batch_size=None")
+        c = len(generators)
+        if self._perm is None or self._perm.shape[0] != c or self._pos + m > self.n:
+            device = self.tokens.device
+            self._perm = torch.stack([torch.randperm(self.n, generator=g, device=g.device).to(device)
+                                      for g in generators])
+            self._pos = 0
+        idx = self._perm[:, self._pos:self._pos + m]
+        self._pos += m
+        return idx
+
+    def logits(self, params: Mapping[str, torch.Tensor], batch: torch.Tensor | None) -> torch.Tensor:
+        """Final-position logits (chain, rows, d_vocab_out) for the full data (``batch=None``) or a minibatch."""
+        if batch is None:
+            tok = self.tokens
+        else:
+            tok = self.tokens[batch]  # (chain, m, 3)
+        if self.token_tables:
+            return _logits_from_tables(params, tok)
+        if tok.dim() == 2:
+            return forward(params, tok).logits
+        return torch.func.vmap(lambda p, t: forward(p, t).logits)(dict(params), tok)
+
+    def __call__(self, params: Mapping[str, torch.Tensor], batch: torch.Tensor | None) -> torch.Tensor:
+        labels = self.labels if batch is None else self.labels[batch]
+        return per_example_loss(self.logits(params, batch), labels).mean(dim=-1)
+
+
+def _logits_from_tables(P: Mapping[str, torch.Tensor], tok: torch.Tensor) -> torch.Tensor:
+    """Exactly :func:`mechgrok.model.forward`'s logits for one leading (chain) dim and sequences ``[a, b, =]``.
+
+    The residual stream at position 0 (1) is the row ``W_E[a] + W_pos[0]`` (``W_E[b] + W_pos[1]``) of a
+    (vocab, d_model) table and at position 2 one vector, so the attention scores and values are computed once
+    per vocabulary entry and gathered, instead of once per row. ``tok`` is (rows, 3) shared by all chains or
+    (chain, rows, 3).
+    """
+    W_E, W_pos = P["W_E"], P["W_pos"]
+    C = W_E.shape[0]
+    H, M, D = P["W_Q"].shape[-3:]
+    eq = tok.reshape(-1, 3)[0, 2]
+    r0 = W_E + W_pos[:, None, 0, :]  # (C, vocab, M)
+    r1 = W_E + W_pos[:, None, 1, :]
+    r2 = W_E[:, eq, :] + W_pos[:, 2, :]  # (C, M)
+    q = torch.einsum("cm,chmd->chd", r2, P["W_Q"]) / math.sqrt(D)
+    qk = torch.einsum("chd,chmd->chm", q, P["W_K"])  # score of a residual x for head h: x . qk[h]
+    s0 = r0 @ qk.transpose(1, 2)  # (C, vocab, H)
+    s1 = r1 @ qk.transpose(1, 2)
+    s2 = torch.einsum("cm,chm->ch", r2, qk)  # (C, H)
+    WV = P["W_V"].permute(0, 2, 1, 3).reshape(C, M, H * D)
+    v0 = (r0 @ WV).view(C, -1, H, D)  # (C, vocab, H, D)
+    v1 = (r1 @ WV).view(C, -1, H, D)
+    v2 = (r2[:, None, :] @ WV).view(C, 1, H, D)
+    a, b = tok[..., 0], tok[..., 1]
+    if tok.dim() == 2:  # shared rows
+        s0a, s1b, v0a, v1b = s0[:, a], s1[:, b], v0[:, a], v1[:, b]
+    else:  # one set of rows per chain
+        ci = torch.arange(C, device=tok.device)[:, None]
+        s0a, s1b, v0a, v1b = s0[ci, a], s1[ci, b], v0[ci, a], v1[ci, b]
+    rows = s0a.shape[1]
+    pattern = torch.stack([s0a, s1b, s2[:, None, :].expand(C, rows, H)], dim=-1).softmax(dim=-1)  # (C, rows, H, 3)
+    z = pattern[..., 0, None] * v0a + pattern[..., 1, None] * v1b + pattern[..., 2, None] * v2  # (C, rows, H, D)
+    attn_out = z.reshape(C, rows, H * D) @ P["W_O"].reshape(C, H * D, M)
+    resid_mid = r2[:, None, :] + attn_out
+    post = torch.relu(resid_mid @ P["W_in"] + P["b_in"][:, None, :])
+    resid_post = resid_mid + post @ P["W_out"] + P["b_out"][:, None, :]
+    return resid_post @ P["W_U"]
+
+
+def _train_loss_for(ds: xr.Dataset, *, batch_size: int | None, token_tables: bool) -> TrainLoss:
+    p = model_p(ds)
+    if "is_train" not in ds:
+        raise AnalysisError("the trajectory has no training split (is_train); the LLC is measured on the training split")
+    mask = np.asarray(ds["is_train"].values, dtype=bool)
+    if mask.shape != (p, p) or not mask.any():
+        raise AnalysisError(f"is_train must be a non-empty ({p}, {p}) mask, got shape {mask.shape}")
+    try:
+        operation = json.loads(ds.attrs.get("config_json", "{}")).get("operation", "add")
+    except json.JSONDecodeError:
+        operation = "add"
+    idx = torch.from_numpy(np.flatnonzero(mask.ravel()))
+    return TrainLoss(grid_tokens(p)[idx], grid_labels(p, operation)[idx], batch_size=batch_size,
+                     token_tables=token_tables)
+
+
+def _select_checkpoints(ds: xr.Dataset, every: int, epochs: Sequence[int] | None) -> xr.Dataset:
+    if "checkpoint" not in ds.dims:
+        raise AnalysisError("the trajectory has no checkpoint dim")
+    if epochs is not None:
+        wanted = [int(e) for e in epochs]
+        have = set(ds["checkpoint"].values.tolist())
+        missing = [e for e in wanted if e not in have]
+        if missing:
+            raise AnalysisError(f"no checkpoint at epochs {missing[:10]}")
+        return ds.sel(checkpoint=sorted(set(wanted)))
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+        raise AnalysisError(f"every must be a positive integer, got {every!r}")
+    return ds.isel(checkpoint=slice(None, None, int(every)))
+
+
+def llc_trajectory(
+    ds: xr.Dataset,
+    *,
+    every: int = 1,
+    epochs: Sequence[int] | None = None,
+    epsilon: float = DEFAULTS["epsilon"],
+    nbeta: float | None = DEFAULTS["nbeta"],
+    gamma: float = DEFAULTS["gamma"],
+    weight_decay: float = DEFAULTS["weight_decay"],
+    num_chains: int = DEFAULTS["num_chains"],
+    num_burnin: int = DEFAULTS["num_burnin"],
+    num_draws: int = DEFAULTS["num_draws"],
+    steps_between_draws: int = DEFAULTS["steps_between_draws"],
+    batch_size: int | None = DEFAULTS["batch_size"],
+    seed: int = 0,
+    divergence_factor: float = DEFAULTS["divergence_factor"],
+    keep_trace: bool = False,
+    chunk: int = 1,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    token_tables: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> xr.Dataset:
+    """The LLC of every (or every ``every``-th) checkpoint of a trajectory, on the training split.
+
+    One localised SGLD run per checkpoint, started at and localised on the checkpoint's weights, with the same
+    settings for all checkpoints so the curve is comparable (``beyond.md`` 1.7). ``chunk`` checkpoints run as one
+    batched computation of ``chunk * num_chains`` chains. Chain ``c`` of the checkpoint at epoch ``e`` is seeded
+    from ``(seed, e, c)``, so a checkpoint's estimate does not depend on ``every``, ``epochs`` or ``chunk``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Canonical one-layer trajectory (``mechgrok.store.schema``) with ``attrs["p"]`` and ``is_train``.
+    every : int
+        Take checkpoints 0, every, 2*every, ... (positions along ``checkpoint``).
+    epochs : sequence of int, optional
+        Explicit checkpoint epochs instead of ``every``.
+    epsilon : float
+        SGLD step size.
+    nbeta : float, optional
+        Inverse temperature; default :func:`default_nbeta` of the rows per step (training-set size n for
+        full batch, ``batch_size`` otherwise).
+    gamma : float
+        Localisation strength.
+    weight_decay : float
+        ``weight_decay * w`` drift (0 by default); see ``docs/llc.md`` on checkpoints trained with weight decay.
+    num_chains, num_burnin, num_draws, steps_between_draws : int
+        Chains per checkpoint; burn-in steps; draws per chain; steps per draw.
+    batch_size : int, optional
+        Minibatch rows per step; None (default) for full-batch SGLD.
+    seed : int
+        Base seed.
+    divergence_factor : float
+        Blow-up threshold, see :func:`estimate_llc`.
+    keep_trace : bool
+        Also return ``loss_trace`` (checkpoint, chain, draw).
+    chunk : int
+        Checkpoints per batched SGLD run (memory and time grow linearly with it; 1 is best on a small CPU).
+    dtype : torch.dtype
+        dtype of the sampled weights (float32 as trained, or float64); the loss is float64 either way.
+    device : str or torch.device
+        Where to sample.
+    token_tables : bool
+        See :class:`TrainLoss`.
+    progress : callable, optional
+        ``progress(done, total)`` after each chunk of checkpoints.
+
+    Returns
+    -------
+    xarray.Dataset
+        Over ``checkpoint`` (epochs; the selected checkpoints) and ``chain``: ``llc_mean``, ``llc_std``,
+        ``n_diverged``, ``frac_below_init``, ``llc_drift``, ``init_loss`` (nats) per checkpoint; ``llc_chain``,
+        ``diverged``, ``dead_at``, ``frac_below_init_chain``, ``loss_mean_chain``, ``loss_first_chain``,
+        ``loss_last_chain``, ``distance_chain`` per checkpoint and chain; ``loss_trace`` with ``keep_trace``.
+        ``attrs`` record every setting, the loss, the estimator and the divergence rule.
+
+    Raises
+    ------
+    AnalysisError
+        If the trajectory has no p, is multi-layer, lacks weights or the training split, or a setting is invalid.
+    """
+    _check_counts(num_chains, num_burnin, num_draws, steps_between_draws)
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise AnalysisError(f"chunk must be a positive integer, got {chunk!r}")
+    for label, value in (("epsilon", epsilon), ("gamma", gamma), ("weight_decay", weight_decay)):
+        if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value)):
+            raise AnalysisError(f"{label} must be a finite number, got {value!r}")
+    if epsilon <= 0 or gamma < 0 or weight_decay < 0:
+        raise AnalysisError(f"need epsilon > 0, gamma >= 0, weight_decay >= 0; got {epsilon}, {gamma}, {weight_decay}")
+    sel = _select_checkpoints(ds, every, epochs)
+    loss_fn = _train_loss_for(sel, batch_size=batch_size, token_tables=token_tables).to(device)
+    nb = default_nbeta(loss_fn.rows_per_step) if nbeta is None else float(nbeta)
+    if not (math.isfinite(nb) and nb > 0):
+        raise AnalysisError(f"nbeta must be positive, got {nbeta!r}")
+    missing = [n for n in WEIGHT_NAMES if n not in sel]
+    if missing:
+        raise AnalysisError(f"the trajectory lacks weights {missing}")
+
+    epochs_sel = sel["checkpoint"].values.astype(np.int64)
+    n_ckpt = len(epochs_sel)
+    parts: list[xr.Dataset] = []
+    for start in range(0, n_ckpt, chunk):
+        sub = sel.isel(checkpoint=slice(start, start + chunk))
+        k = sub.sizes["checkpoint"]
+        weights = checkpoint_weights(sub, dtype=dtype)
+        center = {n: t.to(device).repeat_interleave(num_chains, dim=0) for n, t in weights.items()}
+        seeds = [s for e in epochs_sel[start:start + k] for s in chain_seeds(seed, int(e), num_chains=num_chains)]
+        res = sgld_sample(
+            loss_fn, center, epsilon=epsilon, nbeta=nb, gamma=gamma, weight_decay=weight_decay,
+            num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws, seeds=seeds,
+            batch_fn=loss_fn.batch_fn if batch_size is not None else None,
+        )
+        for i in range(k):
+            sl = slice(i * num_chains, (i + 1) * num_chains)
+            stats = _summarize_group(res.losses[sl], res.draw_steps, res.init_loss[sl], res.nbeta[sl],
+                                     res.dead_at[sl], res.distance[sl], divergence_factor=divergence_factor)
+            parts.append(_group_dataset(stats, keep_trace=keep_trace))
+        if progress is not None:
+            progress(min(start + k, n_ckpt), n_ckpt)
+    out = xr.concat(parts, dim="checkpoint", data_vars="all", coords="minimal", compat="override", join="override")
+    out = out.assign_coords(checkpoint=("checkpoint", epochs_sel, {"units": "epochs", "long_name": "epoch of checkpoint"}))
+    for name in out.data_vars:
+        out[name].attrs = _VAR_ATTRS[name]
+    out.attrs = _settings_attrs(
+        title="local learning coefficient (SGLD) over checkpoints",
+        description="LLC of each checkpoint on the training split",
+        estimator=_ESTIMATOR,
+        loss="float64 cross-entropy of the final-position logits over all d_vocab_out = p + 1 classes, mean over "
+             "the training pairs (the trainer's loss)",
+        divergence_rule=f"non-finite loss or gradient, or nbeta * (L_t - L(w*)) at any step > {divergence_factor} x "
+                        "max(1, smallest per-chain median over the draws); diverged chains are left out of "
+                        "llc_mean/llc_std and counted in n_diverged",
+        reference=_REFERENCE,
+        epsilon=float(epsilon), nbeta=float(nb), nbeta_rule="given" if nbeta is not None else "n/ln(n) of the rows per step",
+        gamma=float(gamma), weight_decay=float(weight_decay), num_chains=int(num_chains), num_burnin=int(num_burnin),
+        num_draws=int(num_draws), steps_between_draws=int(steps_between_draws),
+        batch_size=int(loss_fn.rows_per_step), full_batch=batch_size is None, n_train=int(loss_fn.n),
+        seed=int(seed), divergence_factor=float(divergence_factor), dtype=str(dtype).replace("torch.", ""),
+        every=int(every) if epochs is None else 0,
+    )
+    return out
+
+
+def calibrate_llc(
+    ds: xr.Dataset,
+    *,
+    epoch: int | None = None,
+    epsilons: Sequence[float] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3),
+    nbetas: Sequence[float] | None = None,
+    gamma: float = DEFAULTS["gamma"],
+    weight_decay: float = DEFAULTS["weight_decay"],
+    num_chains: int = 2,
+    num_burnin: int = DEFAULTS["num_burnin"],
+    num_draws: int = DEFAULTS["num_draws"],
+    steps_between_draws: int = 1,
+    batch_size: int | None = None,
+    seed: int = 0,
+    divergence_factor: float = DEFAULTS["divergence_factor"],
+    keep_trace: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    token_tables: bool = True,
+    max_frac_below: float = 0.1,
+    drift_tol: float = 0.1,
+    stability_tol: float = 0.2,
+) -> xr.Dataset:
+    """Sweep epsilon x nbeta on one checkpoint and recommend SGLD settings (``beyond.md`` 1.4).
+
+    All ``len(epsilons) * len(nbetas) * num_chains`` chains run as one batched computation. Keep the chosen
+    settings for the whole trajectory; a late (grokked) checkpoint is the hardest case (sharpest minimum), so
+    calibrate there (the default).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Canonical trajectory (as for :func:`llc_trajectory`).
+    epoch : int, optional
+        The checkpoint's epoch; default the last checkpoint.
+    epsilons : sequence of float
+        Step sizes to try.
+    nbetas : sequence of float, optional
+        Inverse temperatures to try; default ``default_nbeta * (0.25, 1, 4)``.
+    gamma, weight_decay, num_chains, num_burnin, num_draws, steps_between_draws, batch_size, seed,
+    divergence_factor, dtype, device, token_tables
+        As for :func:`llc_trajectory` (``num_chains`` per cell).
+    keep_trace : bool
+        Keep ``loss_trace`` (epsilon, nbeta, chain, draw) for plotting.
+    max_frac_below, drift_tol, stability_tol : float
+        Passed to :func:`recommend_settings`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The :func:`sweep_llc` grid with ``healthy``/``stable`` and the ``recommended_epsilon``,
+        ``recommended_nbeta``, ``recommended_llc``, ``recommendation`` attrs; ``attrs["epoch"]`` and
+        ``attrs["default_nbeta"]``.
+
+    Raises
+    ------
+    AnalysisError
+        If the epoch is not a checkpoint, or as for :func:`llc_trajectory`.
+    """
+    if "checkpoint" not in ds.dims:
+        raise AnalysisError("the trajectory has no checkpoint dim")
+    if epoch is None:
+        epoch = int(ds["checkpoint"].values[-1])
+    sel = _select_checkpoints(ds, 1, [int(epoch)])
+    loss_fn = _train_loss_for(sel, batch_size=batch_size, token_tables=token_tables).to(device)
+    nb0 = default_nbeta(loss_fn.rows_per_step)
+    if nbetas is None:
+        nbetas = (nb0 / 4, nb0, nb0 * 4)
+    params = {n: t[0].to(device) for n, t in checkpoint_weights(sel, dtype=dtype).items()}
+    sweep = sweep_llc(
+        loss_fn, params, epsilons=epsilons, nbetas=nbetas, gamma=gamma, weight_decay=weight_decay,
+        num_chains=num_chains, num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws,
+        seed=seed, batch_fn=loss_fn.batch_fn if batch_size is not None else None,
+        divergence_factor=divergence_factor, keep_trace=keep_trace, seed_keys=(int(epoch),),
+    )
+    sweep.attrs.update(epoch=int(epoch), default_nbeta=float(nb0), batch_size=int(loss_fn.rows_per_step),
+                       n_train=int(loss_fn.n), title="LLC calibration sweep (epsilon x nbeta) on one checkpoint")
+    return recommend_settings(sweep, max_frac_below=max_frac_below, drift_tol=drift_tol, stability_tol=stability_tol)

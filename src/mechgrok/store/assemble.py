@@ -1,0 +1,378 @@
+"""From converted checkpoints to the canonical Dataset: consistency checks, p, the split, curves, provenance.
+
+Shared by every source format except mechgrok's own run directory (:mod:`mechgrok.store.own`).
+
+The modulus p
+    Taken from the source config (key ``p``) where there is one, and then checked: the vocabulary must be
+    p + 1 (the residues and ``=``) and the output classes p + 1 or p (TransformerLens' demo drops ``=``), else a
+    :class:`CheckpointError` names the file. Without a configured p, a model with a 3-token context whose
+    output classes are d_vocab or d_vocab - 1 is taken as modular with p = d_vocab - 1. Other models (5-digit
+    addition, induction heads) have no p: no ``attrs["p"]`` and no ``is_train``.
+
+The split
+    Stored where the source stores it (mechgrok's ``split.json``, TransformerLens' ``train_indices``, the
+    paper's ``init.pth`` ``train_data``); otherwise rebuilt with the paper's procedure
+    (:func:`mechgrok.data.split_indices`: ``random.seed(seed)``, ``random.shuffle`` of the lexicographic
+    ``(a, b, =)`` list, the first ``int(frac_train * p**2)`` pairs train). ``seed`` and ``frac_train`` are the
+    caller's, else the source config's, else the paper's 0 and 0.3. The attrs say which (``split``,
+    ``split_seed``, ``split_frac_train``, ``split_rule``).
+
+Curves
+    A list of per-epoch losses maps index i to epoch i. A second list that is k times shorter (k an
+    integer) maps index j to epoch k * j: the mainline run stores test losses every 10 epochs, the
+    induction-head run every 4 (paper.md section 7, pitfall 12). ``attrs["curve_epochs"]`` records the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from mechgrok.data import split_indices, train_mask
+from mechgrok.errors import CheckpointError, ConfigError
+from mechgrok.store.layouts import ConvertedModel
+from mechgrok.store.safe_load import MissingClass
+from mechgrok.store.schema import build_dataset
+
+__all__ = [
+    "PAPER_SEED", "PAPER_FRAC_TRAIN", "json_safe", "config_dict", "require_key", "as_epoch", "epoch_list",
+    "loss_curves", "modulus", "assemble",
+]
+
+#: The paper's split seed and training fraction, used when a source stores neither (paper.md 2.1).
+PAPER_SEED = 0
+PAPER_FRAC_TRAIN = 0.3
+
+_SYNONYMS = {"n_heads": ("n_heads", "num_heads"), "n_layers": ("n_layers", "num_layers"), "d_model": ("d_model",),
+             "d_head": ("d_head",), "d_mlp": ("d_mlp",), "n_ctx": ("n_ctx",), "d_vocab": ("d_vocab",),
+             "d_vocab_out": ("d_vocab_out",)}
+
+
+def json_safe(obj: Any, _depth: int = 0) -> Any:
+    """A JSON-encodable copy of a config-like object (NaN/Inf become None, tensors numbers or lists)."""
+    if _depth > 20:
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (np.bool_, np.integer, np.floating)):
+        return json_safe(obj.item(), _depth + 1)
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.item() if obj.numel() == 1 else obj.tolist(), _depth + 1) if obj.numel() <= 4096 else f"<tensor {tuple(obj.shape)}>"
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist(), _depth + 1) if obj.size <= 4096 else f"<array {obj.shape}>"
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v, _depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v, _depth + 1) for v in obj]
+    return str(obj)
+
+
+def config_dict(obj: Any, *, path: Any = None, what: str = "config") -> dict[str, Any]:
+    """A source config as a plain dict: a dict, an object with ``to_dict()``, a dataclass, or a pickled class
+    whose module is missing (:class:`MissingClass`, trusted loads).
+
+    Raises
+    ------
+    CheckpointError
+        If the object is none of these.
+    """
+    if obj is None:
+        return {}
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, MissingClass):
+        return obj.fields()
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        d = to_dict()
+        if isinstance(d, Mapping):
+            return dict(d)
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "__dict__"):
+        return dict(vars(obj))
+    raise CheckpointError(f"{what} is a {type(obj).__name__}, not a mapping", path=path)
+
+
+def _float_array(values: Any, *, name: str, path: Any) -> np.ndarray:
+    try:
+        if isinstance(values, torch.Tensor):
+            return values.detach().to("cpu", torch.float64).numpy().reshape(-1)
+        return np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{name} is not a list of numbers ({e})", path=path) from None
+
+
+def loss_curves(
+    train_losses: Any = None, test_losses: Any = None, *, path: Any = None
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """Place stored loss lists on epochs (module docstring, "Curves").
+
+    Returns
+    -------
+    curves : dict of str to (epochs, values)
+        ``train_loss`` and/or ``test_loss`` (float64, nats), int64 epochs.
+    rule : str
+        A sentence saying which index went to which epoch (stored as ``attrs["curve_epochs"]``).
+    """
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    rules = []
+    tr = None if train_losses is None else _float_array(train_losses, name="train_losses", path=path)
+    te = None if test_losses is None else _float_array(test_losses, name="test_losses", path=path)
+    if tr is not None and tr.size:
+        curves["train_loss"] = (np.arange(tr.size, dtype=np.int64), tr)
+        rules.append("train_loss[i] is epoch i")
+    if te is not None and te.size:
+        k = 1
+        if tr is not None and tr.size > te.size and tr.size % te.size == 0:
+            k = tr.size // te.size
+        curves["test_loss"] = (np.arange(te.size, dtype=np.int64) * k, te)
+        rules.append(f"test_loss[j] is epoch {k} * j (train/test list lengths {tr.size}/{te.size})" if k > 1
+                     else "test_loss[j] is epoch j")
+    return curves, "; ".join(rules)
+
+
+def require_key(obj: Any, key: str, *, path: Path, what: str) -> Any:
+    """``obj[key]``; a :class:`CheckpointError` naming the key (and the keys present) if it is missing."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a dict ({what}), got a {type(obj).__name__}", path=path)
+    if key not in obj:
+        shown = ", ".join(sorted(map(str, obj))[:8])
+        raise CheckpointError(f"missing key {key!r} ({what}; keys: {shown})", path=path)
+    return obj[key]
+
+
+def as_epoch(value: Any, *, name: str, path: Path) -> int:
+    """An epoch number from an int, an integral float or a one-element tensor."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, (np.integer,)):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(f"{name} is {value!r}, not an integer epoch", path=path)
+    return value
+
+
+def epoch_list(values: Any, *, name: str, path: Path) -> list[int]:
+    """A list of epoch numbers (see :func:`as_epoch`)."""
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise CheckpointError(f"{name} is a {type(values).__name__}, not a list of epochs", path=path)
+    return [as_epoch(v, name=name, path=path) for v in values]
+
+
+def _lookup(cfg: Mapping[str, Any], name: str) -> Any:
+    for key in _SYNONYMS.get(name, (name,)):
+        if key in cfg and cfg[key] is not None:
+            return cfg[key]
+    return None
+
+
+def _check_config_sizes(model: ConvertedModel, cfg: Mapping[str, Any], *, path: Any) -> None:
+    sizes = model.sizes()
+    act = cfg.get("act_fn", cfg.get("act_type"))
+    if sizes["d_mlp"] is not None and isinstance(act, str) and act.lower() != "relu":
+        raise CheckpointError(f"the config's activation is {act!r}; mechgrok's model has the paper's ReLU MLP", path=path)
+    if cfg.get("normalization_type") not in (None, "None"):
+        raise CheckpointError(
+            f"the config's normalization_type is {cfg['normalization_type']!r}; mechgrok's model has no LayerNorm", path=path)
+    for name in _SYNONYMS:
+        value = _lookup(cfg, name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if name == "d_mlp" and sizes["d_mlp"] is None:
+            continue  # the induction-head config records an unused d_mlp
+        if name == "d_vocab_out" and int(value) == -1:
+            continue  # TransformerLens' "same as d_vocab" sentinel
+        if int(value) != sizes[name]:
+            raise CheckpointError(f"the config says {name}={value} but the weights have {name}={sizes[name]}", path=path)
+
+
+def modulus(model: ConvertedModel, cfg_p: Any, *, path: Any) -> int | None:
+    """The modulus p of a model (module docstring), or None for a non-modular model.
+
+    Raises
+    ------
+    CheckpointError
+        If a configured p does not match the vocabulary.
+    """
+    V, O = model.d_vocab, model.d_vocab_out
+    if cfg_p is not None:
+        if isinstance(cfg_p, bool) or not isinstance(cfg_p, (int, np.integer)) or cfg_p < 2:
+            raise CheckpointError(f"the config's p={cfg_p!r} is not an integer >= 2", path=path)
+        p = int(cfg_p)
+        if V != p + 1 or O not in (p, p + 1):
+            raise CheckpointError(
+                f"p={p} does not match the vocabulary: W_E has {V} tokens and W_U {O} classes "
+                f"(expected p+1 = {p + 1} tokens and p or p+1 classes)", path=path)
+        return p
+    if model.n_ctx == 3 and V >= 3 and O in (V, V - 1):
+        return V - 1
+    return None
+
+
+def assemble(
+    models: Sequence[ConvertedModel],
+    epochs: Sequence[int],
+    *,
+    labels: Sequence[tuple[Any, str]],
+    path: str | Path,
+    source_format: str,
+    source_layout: str,
+    source_files: Sequence[str | Path],
+    source_config: Mapping[str, Any] | None = None,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    curve_rule: str = "",
+    stored_train: np.ndarray | None = None,
+    stored_split_where: str = "",
+    seed: int | None = None,
+    frac_train: float | None = None,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Stack converted checkpoints into the canonical Dataset.
+
+    Parameters
+    ----------
+    models : sequence of ConvertedModel
+        One per checkpoint, in epoch order.
+    epochs : sequence of int
+        Epoch of each checkpoint (strictly increasing).
+    labels : sequence of (path, str)
+        Where each checkpoint came from (file and e.g. ``"state_dicts[3]"``), for error messages.
+    path : str or Path
+        The source, for error messages.
+    source_format, source_layout, source_files
+        Provenance stored in attrs.
+    source_config : mapping, optional
+        The source's config, stored under ``source_config`` in ``attrs["config_json"]`` and checked against the
+        shapes (``d_model``, ``n_heads``/``num_heads``, ...). Its ``p``, ``seed`` and ``frac_train`` are used.
+    curves, curve_rule
+        Loss curves (see :func:`loss_curves`).
+    stored_train : numpy.ndarray, optional
+        The training pairs, where the source stores them: flat grid indices ``a * p + b`` (1-D), or an (n, 2)
+        array of ``(a, b)``.
+    stored_split_where : str
+        Where the stored split came from (for ``attrs["split_rule"]``).
+    seed, frac_train : optional
+        Override the split rebuild (only for sources that do not store their split).
+    extra_attrs : mapping, optional
+        More attrs.
+
+    Returns
+    -------
+    xarray.Dataset
+        The canonical trajectory (:mod:`mechgrok.store.schema`).
+
+    Raises
+    ------
+    CheckpointError
+        On mixed configs across checkpoints, sizes that contradict the config, a p that does not match the
+        vocabulary, or a stored split that is not a set of distinct grid indices.
+    ConfigError
+        If ``seed``/``frac_train`` are given for a source that stores its split or has no p x p grid, or
+        ``frac_train`` is not in (0, 1).
+    """
+    if not models:
+        raise CheckpointError("no checkpoints found", path=path)
+    epochs = [int(e) for e in epochs]
+    if len(epochs) != len(models):
+        raise CheckpointError(f"{len(models)} checkpoints but {len(epochs)} checkpoint epochs", path=path)
+    order = np.argsort(epochs, kind="stable")
+    if np.any(np.diff(np.asarray(epochs)[order]) == 0):
+        dup = sorted({e for e in epochs if epochs.count(e) > 1})
+        raise CheckpointError(f"duplicate checkpoint epochs {dup[:5]}", path=path)
+    models = [models[i] for i in order]
+    labels = [labels[i] for i in order]
+    epochs = [epochs[i] for i in order]
+
+    first, (first_path, first_label) = models[0], labels[0]
+    ref_shapes = {n: a.shape for n, a in first.weights.items()}
+    for m, (f, lab) in zip(models[1:], labels[1:]):
+        shapes = {n: a.shape for n, a in m.weights.items()}
+        if shapes != ref_shapes:
+            diff = sorted(set(shapes) ^ set(ref_shapes)) or [n for n in shapes if shapes[n] != ref_shapes[n]]
+            n = diff[0]
+            raise CheckpointError(
+                f"{lab + ': ' if lab else ''}mixed configs across checkpoints: {n} has shape {shapes.get(n)} here but "
+                f"{ref_shapes.get(n)} in {first_label or first_path}", path=f)
+
+    cfg_src = config_dict(source_config, path=path) if source_config is not None else {}
+    _check_config_sizes(first, cfg_src, path=path)
+    p = modulus(first, cfg_src.get("p"), path=path)
+
+    attrs: dict[str, Any] = {"source_layout": source_layout}
+    if curve_rule:
+        attrs["curve_epochs"] = curve_rule
+    config: dict[str, Any] = {}
+    if p is not None:
+        config["p"] = p
+    config.update(first.sizes())
+    is_train = None
+    if p is None:
+        if seed is not None or frac_train is not None:
+            raise ConfigError("seed/frac_train only apply to modular-arithmetic models (p x p grid); this one has none")
+    elif stored_train is not None:
+        if seed is not None or frac_train is not None:
+            raise ConfigError(f"seed/frac_train cannot be set: the source stores its split ({stored_split_where})")
+        idx = np.asarray(stored_train)
+        if idx.ndim == 2:  # (a, b) pairs
+            if idx.size and (idx.min() < 0 or idx.max() >= p):
+                raise CheckpointError(f"the stored split ({stored_split_where}) holds residues outside 0..p-1 = {p - 1}", path=path)
+            idx = idx[:, 0] * p + idx[:, 1]
+        idx = idx.reshape(-1)
+        if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= p * p):
+            raise CheckpointError(f"the stored split ({stored_split_where}) holds indices outside 0..p^2-1 = {p * p - 1}", path=path)
+        if np.unique(idx).size != idx.size:
+            raise CheckpointError(f"the stored split ({stored_split_where}) repeats pairs", path=path)
+        is_train = train_mask(p, idx)
+        attrs.update(split="stored", split_rule=f"stored: {stored_split_where}")
+        config["frac_train"] = idx.size / (p * p)
+    else:
+        use_seed = seed if seed is not None else cfg_src.get("seed", PAPER_SEED)
+        use_frac = frac_train if frac_train is not None else cfg_src.get("frac_train", PAPER_FRAC_TRAIN)
+        if isinstance(use_seed, bool) or not isinstance(use_seed, (int, np.integer)):
+            raise ConfigError(f"seed must be an integer, got {use_seed!r}")
+        if isinstance(use_frac, bool) or not isinstance(use_frac, (int, float)) or not 0 < float(use_frac) < 1:
+            raise ConfigError(f"frac_train must lie strictly between 0 and 1, got {use_frac!r}")
+        origin = "given" if (seed is not None or frac_train is not None) else (
+            "from the source config" if ("seed" in cfg_src or "frac_train" in cfg_src) else "the paper's defaults")
+        train, _ = split_indices(p, float(use_frac), int(use_seed))
+        is_train = train_mask(p, train)
+        attrs.update(
+            split="rebuilt", split_seed=int(use_seed), split_frac_train=float(use_frac),
+            split_rule=(f"rebuilt ({origin}): random.seed({int(use_seed)}); random.shuffle of the lexicographic "
+                        f"(a, b, =) list; the first int({float(use_frac)} * p^2) = {train.size} pairs are train"),
+        )
+        config["seed"] = int(use_seed)
+        config["frac_train"] = float(use_frac)
+    if cfg_src:
+        config["source_config"] = json_safe(cfg_src)
+    attrs.update(extra_attrs or {})
+
+    weights = {name: np.stack([m.weights[name] for m in models]) for name in first.weights}
+    return build_dataset(
+        weights,
+        epochs,
+        config=config,
+        n_layers=first.n_layers,
+        curves=dict(curves) if curves else None,
+        is_train=is_train,
+        source_format=source_format,
+        source_files=[str(Path(f).resolve()) for f in source_files],
+        p=p,
+        attrs=attrs,
+        var_attrs={name: {"source_key": key} for name, key in first.source_keys.items()},
+    )
+

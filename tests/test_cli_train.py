@@ -1,0 +1,39 @@
+"""``mechgrok train`` errors: one red line, exit 2, no traceback."""
+
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+
+def test_unknown_preset(tmp_path):
+    res = runner.invoke(app, ["train", str(tmp_path / "r"), "--preset", "huge", "--quiet"])
+    assert res.exit_code == 2
+    assert "unknown preset" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_invalid_config_file(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"p": 12}')
+    res = runner.invoke(app, ["train", str(tmp_path / "r"), "--config", str(cfg), "--quiet"])
+    assert res.exit_code == 2
+    assert "odd integer" in res.output and "c.json" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_dir(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "x").write_text("")
+    res = runner.invoke(app, ["train", str(tmp_path / "r"), "--preset", "quick", "--quiet"])
+    assert res.exit_code == 2
+    assert "already exists" in res.output
+
+
+def test_trains_with_progress_bar(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"p": 11, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 16, "num_epochs": 30, "checkpoint_every": 10, "frac_train": 0.5}')
+    res = runner.invoke(app, ["train", str(tmp_path / "r"), "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r" / "checkpoints" / "epoch_000030.safetensors").is_file()
