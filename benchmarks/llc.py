@@ -34,15 +34,15 @@ from mechgrok.store import open_run
 RUN = Path(__file__).resolve().parents[1] / "fixtures" / "quick-run"
 
 
-def time_mechgrok(ds, args, nbeta, *, token_tables: bool) -> tuple[float, float, float]:
+def time_mechgrok(ds, args, nbeta, batch_size, *, token_tables: bool) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     out = llc_trajectory(ds, epochs=[args.epoch], epsilon=args.epsilon, gamma=args.gamma, nbeta=nbeta,
                          num_chains=args.chains, num_burnin=args.burnin, num_draws=args.draws, seed=0,
-                         token_tables=token_tables).isel(checkpoint=0)
+                         batch_size=batch_size, token_tables=token_tables).isel(checkpoint=0)
     return time.perf_counter() - t0, float(out["llc_mean"]), float(out["llc_std"])
 
 
-def time_devinterp(ds, args, nbeta) -> tuple[float, float, float] | None:
+def time_devinterp(ds, args, nbeta, batch_size) -> tuple[float, float, float] | None:
     try:
         from devinterp.optim.sgld import SGLD
         from devinterp.slt.sampler import estimate_learning_coeff_with_summary
@@ -56,7 +56,8 @@ def time_devinterp(ds, args, nbeta) -> tuple[float, float, float] | None:
     with torch.no_grad():
         for name, t in model.params().items():
             t.copy_(w[name][0])
-    loader = DataLoader(TensorDataset(lf.tokens, lf.labels), batch_size=lf.n, shuffle=False)
+    loader = DataLoader(TensorDataset(lf.tokens, lf.labels), batch_size=batch_size or lf.n,
+                        shuffle=batch_size is not None)
 
     def evaluate(model, data):
         x, y = data
@@ -81,26 +82,36 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--epsilon", type=float, default=3e-4)
     ap.add_argument("--gamma", type=float, default=100.0)
+    ap.add_argument("--batch-sizes", default="full,128",
+                    help="comma-separated scenarios: 'full' or a minibatch size (default full,128)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both (default 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = open_run(RUN)
-    nbeta = default_nbeta(int(ds["is_train"].sum()))
+    n = int(ds["is_train"].sum())
     steps = args.chains * (args.burnin + args.draws)
-    print(f"checkpoint epoch {args.epoch} of {RUN.name}; full batch; {args.chains} chains x ({args.burnin} burn-in + "
-          f"{args.draws} draws) = {steps} chain-steps; eps={args.epsilon:g} gamma={args.gamma:g} nbeta={nbeta:.1f}; "
+    print(f"checkpoint epoch {args.epoch} of {RUN.name} ({n} training rows); {args.chains} chains x ({args.burnin} "
+          f"burn-in + {args.draws} draws) = {steps} chain-steps; eps={args.epsilon:g} gamma={args.gamma:g}; "
           f"{torch.get_num_threads()} thread(s)")
-    rows = [("mechgrok (batched chains, token tables)", time_mechgrok(ds, args, nbeta, token_tables=True)),
-            ("mechgrok (batched chains, model.forward)", time_mechgrok(ds, args, nbeta, token_tables=False))]
-    dv = time_devinterp(ds, args, nbeta)
-    if dv is not None:
-        rows.append(("devinterp 1.x (chains in sequence)", dv))
-    print(f"{'estimator':42s} {'s/checkpoint':>13s} {'ms/chain-step':>14s} {'LLC':>16s} {'speed-up':>9s}")
-    ref = dv[0] if dv is not None else None
-    for name, (sec, m, s) in rows:
-        speed = f"{ref / sec:8.2f}x" if ref else "      n/a"
-        print(f"{name:42s} {sec:13.2f} {1e3 * sec / steps:14.2f} {m:9.2f} +/- {s:4.2f} {speed}")
-    if dv is None:
+    have_devinterp = True
+    for scenario in args.batch_sizes.split(","):
+        batch_size = None if scenario.strip() == "full" else int(scenario)
+        nbeta = default_nbeta(batch_size or n)
+        print(f"\n{'full batch' if batch_size is None else f'minibatch {batch_size}'}, nbeta={nbeta:.1f}")
+        rows = [("mechgrok (batched chains, token tables)",
+                 time_mechgrok(ds, args, nbeta, batch_size, token_tables=True)),
+                ("mechgrok (batched chains, model.forward)",
+                 time_mechgrok(ds, args, nbeta, batch_size, token_tables=False))]
+        dv = time_devinterp(ds, args, nbeta, batch_size)
+        if dv is not None:
+            rows.append(("devinterp 1.x (chains in sequence)", dv))
+        have_devinterp = dv is not None
+        print(f"{'estimator':42s} {'s/checkpoint':>13s} {'ms/chain-step':>14s} {'LLC':>17s} {'speed-up':>9s}")
+        ref = dv[0] if dv is not None else None
+        for name, (sec, m, s) in rows:
+            speed = f"{ref / sec:8.2f}x" if ref else "      n/a"
+            print(f"{name:42s} {sec:13.2f} {1e3 * sec / steps:14.2f} {m:9.2f} +/- {s:5.2f} {speed}")
+    if not have_devinterp:
         print("devinterp (1.x API) is not installed: pip install devinterp==1.3.2 to compare")
 
 

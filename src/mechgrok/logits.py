@@ -30,7 +30,7 @@ from mechgrok.activations import grid_activations, iter_checkpoint_chunks, model
 from mechgrok.errors import AnalysisError
 from mechgrok.fourier import check_odd_p
 
-__all__ = ["cos_coefficients", "logit_structure"]
+__all__ = ["logit_structure_from_coefficients", "cos_coefficients", "logit_structure"]
 
 
 def cos_coefficients(logits: xr.DataArray) -> xr.Dataset:
@@ -130,12 +130,40 @@ def logit_structure(
         cos_coefficients(grid_activations(sub, chunk=chunk, include=("logits",))["logits"])
         for sub in iter_checkpoint_chunks(ds, chunk)
     ]
-    out = xr.concat(parts, dim="checkpoint")
+    return logit_structure_from_coefficients(xr.concat(parts, dim="checkpoint"), key_freqs=key_freqs)
+
+
+def logit_structure_from_coefficients(coeffs: xr.Dataset, *, key_freqs: Sequence[int] | None = None) -> xr.Dataset:
+    """Add the key frequencies' share of the logits to :func:`cos_coefficients` output (paper section 4.2).
+
+    Parameters
+    ----------
+    coeffs : xarray.Dataset
+        ``alpha`` (checkpoint, freq), ``logit_norm_sq`` and ``logit_var_sq`` (checkpoint).
+    key_freqs : sequence of int, optional
+        The key set K; without it ``coeffs`` is returned with attrs only.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``coeffs`` plus ``frac_norm_key`` (share of the uncentred |L|_F^2, as the paper's code) and
+        ``frac_var_key`` (share of the variance around the grand mean), fractions; attrs ``key_freqs``.
+
+    Raises
+    ------
+    AnalysisError
+        If a key frequency is not among ``coeffs["freq"]``.
+    """
+    out = coeffs.copy()
     attrs = {
         "description": "logits as sum_k alpha_k cos(w_k (a + b - c)) (paper section 4.2); '=' class dropped",
         "cube_normalisation": "C_k = cos(w_k (a+b-c)) / sqrt(p^3/2), unit Frobenius norm",
     }
     if key_freqs is not None:
+        key_freqs = sorted(int(k) for k in np.atleast_1d(np.asarray(key_freqs)))
+        bad = [k for k in key_freqs if k not in set(out["freq"].values.tolist())]
+        if bad:
+            raise AnalysisError(f"key frequencies must lie in 1..{int(out['freq'].max())}, got {bad}")
         alpha_key_sq = (out["alpha"].sel(freq=key_freqs) ** 2).sum("freq")
         out["frac_norm_key"] = (alpha_key_sq / out["logit_norm_sq"]).assign_attrs(
             description="sum_{k in K} alpha_k^2 / |L|_F^2 (uncentred, as the paper's code)", units="fraction"
