@@ -23,3 +23,19 @@ def shared_runs() -> Path:
     if not SHARED_RUNS.is_dir():
         pytest.skip(f"released runs not found at {SHARED_RUNS} (../shared is absent on this machine)")
     return SHARED_RUNS
+
+
+@pytest.fixture(scope="session")
+def fixture_trajectory():
+    """The committed quick-preset run, loaded once."""
+    import mechgrok
+
+    return mechgrok.open_run(FIXTURE_RUN)
+
+
+@pytest.fixture(scope="session")
+def fixture_analysis(fixture_trajectory):
+    """Every analysis of the committed run (an xarray.DataTree), computed once per test session."""
+    from mechgrok.pipeline import analyze
+
+    return analyze(fixture_trajectory)

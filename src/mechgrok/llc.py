@@ -170,8 +170,8 @@ _VAR_ATTRS: dict[str, dict[str, str]] = {
                   "mean over non-diverged chains; near 0 for a flat trace", "units": "1"},
     "init_loss": {"long_name": "full-data loss at the checkpoint L(w*)", "units": "nats"},
     "llc_chain": {"long_name": "per-chain LLC nbeta * (mean draw loss - L(w*))", "units": "1"},
-    "diverged": {"long_name": "chain diverged (NaN/Inf loss or gradient, or a loss blow-up)"},
-    "dead_at": {"long_name": "first step with a non-finite loss or gradient, -1 if none", "units": "steps"},
+    "diverged": {"long_name": "chain diverged (NaN/Inf loss, or a loss blow-up)"},
+    "dead_at": {"long_name": "first step with a non-finite loss, -1 if none", "units": "steps"},
     "frac_below_init_chain": {"long_name": "per-chain fraction of draws below L(w*)", "units": "fraction"},
     "loss_mean_chain": {"long_name": "mean loss over the draws", "units": "nats"},
     "loss_first_chain": {"long_name": "mean loss over the first quarter of the draws", "units": "nats"},
@@ -784,7 +784,7 @@ def llc_trajectory(
         estimator=_ESTIMATOR,
         loss="float64 cross-entropy of the final-position logits over all d_vocab_out = p + 1 classes, mean over "
              "the training pairs (the trainer's loss)",
-        divergence_rule=f"non-finite loss or gradient, or nbeta * (L_t - L(w*)) at any step > {divergence_factor} x "
+        divergence_rule=f"non-finite loss, or nbeta * (L_t - L(w*)) at any step > {divergence_factor} x "
                         "max(1, smallest per-chain median over the draws); diverged chains are left out of "
                         "llc_mean/llc_std and counted in n_diverged",
         reference=_REFERENCE,

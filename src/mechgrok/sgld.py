@@ -21,9 +21,9 @@ calibration grid runs as one computation. Each chain draws its noise (and its mi
 ``torch.Generator``, seeded from ``seeds[c]``: a chain's path does not depend on how many other chains run beside
 it or how they are batched.
 
-A chain whose loss or gradient becomes NaN or infinite is frozen at its centre from that step on (so it cannot
-poison the arithmetic of the batch) and its later losses are recorded as NaN; :attr:`SGLDResult.dead_at` says
-when. Whether a chain *diverged* in the wider sense (a loss blow-up) is judged from the losses by
+A chain whose loss becomes NaN or infinite (a non-finite gradient shows up as a non-finite loss one step later)
+is frozen at its centre from that step on (so it cannot poison the arithmetic of the batch) and its later losses
+are recorded as NaN; :attr:`SGLDResult.dead_at` says when. Whether a chain *diverged* in the wider sense (a loss blow-up) is judged from the losses by
 :mod:`mechgrok.llc`.
 """
 
@@ -63,7 +63,7 @@ class SGLDResult:
     distance : numpy.ndarray
         float64, (chain, draw): Euclidean distance ``||w_t - w*||`` over all sampled weights at each draw.
     dead_at : numpy.ndarray
-        int64, (chain,): first step whose loss or gradient was not finite, -1 if none.
+        int64, (chain,): first step whose loss was not finite, -1 if none.
     epsilon, nbeta, gamma, weight_decay : numpy.ndarray
         float64, (chain,): the settings each chain ran with.
     n_params : int
@@ -239,6 +239,10 @@ def sgld_sample(
     distance = torch.full((n_chains, int(num_draws)), float("nan"), dtype=torch.float64)
     dead_at = np.full(n_chains, -1, dtype=np.int64)
     alive = torch.ones(n_chains, dtype=torch.bool, device=device)
+    alive_cpu = torch.ones(n_chains, dtype=torch.bool)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    neg_half_eps = -0.5 * eps_t
+    use_wd = bool((wd > 0).any())
 
     w = w0.clone()
     k = 0
@@ -248,22 +252,25 @@ def sgld_sample(
         loss = _check_loss(loss_fn(as_params(leaf), batch), n_chains)
         (grad,) = torch.autograd.grad(loss.sum(), leaf)
         with torch.no_grad():
-            ok = torch.isfinite(loss).to(device) & torch.isfinite(grad).all(dim=1)
-            newly_dead = alive & ~ok
-            if bool(newly_dead.any()):
-                for c in torch.nonzero(newly_dead).flatten().tolist():
+            # a non-finite gradient makes the next loss non-finite, so checking the loss catches both
+            loss_cpu = loss.detach().cpu()
+            ok = torch.isfinite(loss_cpu)
+            if not bool(ok.all()) and bool((alive_cpu & ~ok).any()):
+                for c in torch.nonzero(alive_cpu & ~ok).flatten().tolist():
                     dead_at[c] = t
-                alive &= ok
-            loss_rec = torch.where(alive.cpu(), loss.detach().cpu(), torch.full_like(loss.detach().cpu(), float("nan")))
-            losses[:, t] = loss_rec
+                alive_cpu &= ok
+                alive = alive_cpu.to(device)
+            losses[:, t] = torch.where(alive_cpu, loss_cpu, nan)
+            delta = w - w0
             if is_draw[t]:
-                dist = (w - w0).to(torch.float64).norm(dim=1).cpu()
-                distance[:, k] = torch.where(alive.cpu(), dist, torch.full_like(dist, float("nan")))
+                distance[:, k] = torch.where(alive_cpu, delta.to(torch.float64).norm(dim=1).cpu(), nan)
                 k += 1
             noise = torch.stack([torch.randn(n_params, generator=g, dtype=dtype, device=device) for g in gens])
-            drift = nb_t * torch.nan_to_num(grad) + gam_t * (w - w0) + wd_t * w
-            w = w - 0.5 * eps_t * drift + sqrt_eps * noise
-            if not bool(alive.all()):
+            drift = grad.mul_(nb_t).addcmul_(delta, gam_t)
+            if use_wd:
+                drift.addcmul_(w, wd_t)
+            w = w.addcmul(drift, neg_half_eps).addcmul_(noise, sqrt_eps)
+            if not bool(alive_cpu.all()):
                 w = torch.where(alive[:, None], w, w0)
     return SGLDResult(
         losses=losses.numpy(),

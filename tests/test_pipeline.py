@@ -1,0 +1,148 @@
+"""The pipeline behind ``mechgrok analyze``: consistency with the individual analyses, the store, the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from cli.main import app
+from mechgrok.errors import AnalysisError, StoreError
+from mechgrok.pipeline import ANALYSES, analyze, open_analysis, report_markdown, summarise, write_analysis
+
+
+def test_one_pass_results_equal_the_standalone_analyses(fixture_trajectory, fixture_analysis):
+    from mechgrok.ablation import ablation_losses
+    from mechgrok.attention import attention_fit
+    from mechgrok.key_frequencies import key_frequencies
+    from mechgrok.logits import logit_structure
+    from mechgrok.neurons import neuron_clusters
+
+    ds = fixture_trajectory
+    sub = [0, 30, 45, 60]  # a few checkpoints, recomputed independently
+    kf = key_frequencies(ds)
+    key = [int(k) for k in kf["key_freqs"].values]
+    assert fixture_analysis.attrs["key_freqs"] == key
+    tree = {name: fixture_analysis[name].to_dataset(inherit=False).isel(checkpoint=sub)
+            for name in ("neurons", "attention", "logits", "ablation")}
+    alone = ablation_losses(ds, key_freqs=key, checkpoints=sub, all_freqs=True)
+    for name in ("loss_train", "loss_test", "restricted_loss_all", "excluded_loss_full", "block3x3_loss_all"):
+        np.testing.assert_allclose(tree["ablation"][name].values, alone[name].values, rtol=1e-6)
+    np.testing.assert_allclose(tree["ablation"]["excluded_loss"].values, alone["excluded_loss"].values, rtol=1e-6)
+    cl = neuron_clusters(ds, checkpoints=sub)
+    np.testing.assert_array_equal(tree["neurons"]["cluster"].values, cl["cluster"].values)
+    np.testing.assert_allclose(tree["neurons"]["frac_explained"].values, cl["frac_explained"].values, rtol=1e-6)
+    at = attention_fit(ds, checkpoints=sub)
+    np.testing.assert_allclose(tree["attention"]["head_fve"].values, at["head_fve"].values, rtol=1e-6)
+    lg = logit_structure(ds, key_freqs=key, checkpoints=sub)
+    np.testing.assert_allclose(tree["logits"]["frac_var_key"].values, lg["frac_var_key"].values, rtol=1e-6)
+    # every per-checkpoint group is labelled by the epochs of the trajectory
+    for name in ("neurons", "attention", "logits", "ablation", "fourier_norms", "measures"):
+        np.testing.assert_array_equal(fixture_analysis[name]["checkpoint"].values, ds["checkpoint"].values)
+
+
+def test_model_losses_agree_with_the_training_metrics(fixture_trajectory, fixture_analysis):
+    """The analysis loss (p classes) and the trainer's (p + 1 classes) differ only by the tiny '=' mass."""
+    ab = fixture_analysis["ablation"].to_dataset(inherit=False)
+    trained = fixture_trajectory["test_acc"].sel(epoch=ab["checkpoint"].values).values
+    np.testing.assert_allclose(ab["acc_test"].values, trained, atol=1e-12)
+    late = ab["checkpoint"].values >= 2500
+    np.testing.assert_allclose(ab["loss_test"].values[late],
+                               fixture_trajectory["test_loss"].sel(epoch=ab["checkpoint"].values[late]).values, rtol=0.05)
+
+
+def test_fixture_run_tells_the_papers_story(fixture_analysis):
+    s = summarise(fixture_analysis)
+    assert s["key_frequencies"]["sources_agree"]
+    ph = s["phases"]
+    ends = [ph[k]["epoch"] for k in ("memorisation_end", "circuit_formation_end", "cleanup_end")]
+    assert all(ph[k]["found"] for k in ("memorisation_end", "circuit_formation_end", "cleanup_end"))
+    assert ends == sorted(ends) and len(set(ends)) == 3
+    final = s["losses"]["final"]
+    assert final["acc_test"] == 1.0
+    assert final["restricted_loss_all"] <= final["loss_all"]  # the circuit alone does at least as well
+    assert final["excluded_loss_full"] > 1.0  # and without it the model is lost
+    assert s["logit_structure"]["fraction_of_logit_variance_explained_by_key_freqs"] > 0.9
+    assert set(h["freq"] for h in s["heads"]) <= set(s["key_frequencies"]["set"])
+
+
+def test_write_and_reopen(tmp_path, fixture_analysis):
+    path = write_analysis(fixture_analysis, tmp_path / "analysis.zarr")
+    again = open_analysis(path)
+    assert set(again.children) == set(fixture_analysis.children)
+    for name in fixture_analysis.children:
+        xr.testing.assert_allclose(again[name].to_dataset(inherit=False).load(),
+                                   fixture_analysis[name].to_dataset(inherit=False), rtol=1e-12)
+    assert summarise(again) == summarise(fixture_analysis)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    with pytest.raises(StoreError, match="already exists"):
+        write_analysis(fixture_analysis, path, overwrite=False)
+    with pytest.raises(StoreError, match="not a Zarr store"):
+        open_analysis(tmp_path)
+
+
+def test_report_is_complete(fixture_analysis):
+    s = summarise(fixture_analysis)
+    for key in ("key_frequencies", "clusters", "losses", "logit_structure", "heads", "phases", "weights"):
+        assert key in s
+    json.dumps(s)  # serialisable
+    md = report_markdown(s)
+    for heading in ("Key frequencies", "Neuron clusters", "Losses", "Logit structure", "Attention heads", "Phases"):
+        assert f"## {heading}" in md
+    sizes = s["clusters"]["sizes"]
+    assert sum(sizes.values()) == fixture_analysis["reference"].sizes["d_mlp"]
+
+
+def test_subsets_and_errors(fixture_trajectory):
+    ds = fixture_trajectory
+    tree = analyze(ds, checkpoints=[0, 1500], analyses=["measures"])
+    assert set(tree.children) == {"measures"}
+    np.testing.assert_array_equal(tree["measures"]["checkpoint"].values, [0, 1500, 3000])  # reference added
+    tree = analyze(ds, analyses=["ablation"], checkpoints=[3000])
+    assert set(tree.children) == {"key_frequencies", "ablation"}  # dependency added
+    with pytest.raises(AnalysisError, match="unknown analyses"):
+        analyze(ds, analyses=["tea"])
+    with pytest.raises(AnalysisError, match="no checkpoint at epoch 123"):
+        analyze(ds, reference=123)
+    with pytest.raises(AnalysisError, match="no key frequencies"):
+        analyze(ds, reference=0, analyses=["ablation"])
+    assert "llc" in ANALYSES
+
+
+runner = CliRunner()
+
+
+def test_cli_analyze_writes_everything(tmp_path, fixture_run):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["analyze", str(fixture_run), "--out", str(out), "--quiet", "--checkpoints", "0:3000:500"])
+    assert res.exit_code == 0, res.output
+    assert (out / "analysis.zarr" / "zarr.json").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_checkpoints"] == 7 and report["reference_checkpoint"] == 3000
+    assert "Key frequencies" in (out / "report.md").read_text()
+    assert "key frequencies" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--only", "tea"], "unknown analyses"),
+        (["--reference", "123"], "no checkpoint at epoch 123"),
+        (["--checkpoints", "a:b"], "cannot parse"),
+    ],
+)
+def test_cli_analyze_errors(tmp_path, fixture_run, args, message):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["analyze", str(fixture_run), "--out", str(out), "--quiet", *args])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_cli_analyze_missing_source(tmp_path):
+    res = runner.invoke(app, ["analyze", str(tmp_path / "nothing"), "--quiet"])
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
