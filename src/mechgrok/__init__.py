@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from mechgrok.config import Config, preset
 from mechgrok.errors import MechgrokError
 
-__all__ = ["__version__", "Config", "preset", "MechgrokError", "open_run"]
+__all__ = ["__version__", "Config", "preset", "MechgrokError", "open_run", "analyze"]
 
 
 def __getattr__(name: str):
@@ -20,4 +20,8 @@ def __getattr__(name: str):
         from mechgrok.store import open_run
 
         return open_run
+    if name == "analyze":
+        from mechgrok.pipeline import analyze
+
+        return analyze
     raise AttributeError(f"module 'mechgrok' has no attribute {name!r}")
