@@ -89,7 +89,7 @@ def analyze(
     if figures:
         from mechgrok.figures.pack import write_figure_pack
 
-        run_guarded(write_figure_pack, tree, target / "figures")
+        run_guarded(write_figure_pack, tree, target / "figures", trajectory=ds)
         out.print(f"figures: [bold]{target / 'figures' / 'index.html'}[/]")
     out.print(f"wrote [bold]{target / 'analysis.zarr'}[/], [bold]{target / 'report.md'}[/], [bold]{target / 'report.json'}[/]")
 

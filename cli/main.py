@@ -48,6 +48,7 @@ def run_guarded(fn, *args, **kwargs):
 from cli import train as _train  # noqa: E402,F401  (registers the command)
 from cli import ingest as _ingest  # noqa: E402,F401  (registers the command)
 from cli import analyze as _analyze  # noqa: E402,F401  (registers the command)
+from cli import figures as _figures  # noqa: E402,F401  (registers the command)
 
 
 def main() -> None:

