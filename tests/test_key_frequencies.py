@@ -85,7 +85,7 @@ def test_released_low_precision_model():
     out = key_frequencies(load_nanda_model("low_precision_mod_addition.pth"))
     assert out["key_freqs"].values.tolist() == [6, 23, 39]
     assert out.attrs["literal_key_freqs"] == [3, 6, 23, 39]
-    assert out.attrs["reference_checkpoint"] == 50000
+    assert out.attrs["reference_checkpoint"] == 49999  # the source's own numbering (len(train_losses) - 1)
     assert bool(out["agree_neurons"]) and bool(out["agree_W_E"])
     assert not bool(out["agree_W_logit"]) and not bool(out["agree"])
     assert int(out["n_neurons"].sel(freq=3)) == 0

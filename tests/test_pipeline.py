@@ -146,3 +146,19 @@ def test_cli_analyze_missing_source(tmp_path):
     res = runner.invoke(app, ["analyze", str(tmp_path / "nothing"), "--quiet"])
     assert res.exit_code == 2
     assert "Traceback" not in res.output
+
+
+def test_released_model_end_to_end():
+    """The authors' no-weight-decay model (frac 0.9 split rebuilt with seed 0) through the whole pipeline."""
+    from nanda import load_nanda_model
+
+    ds = load_nanda_model("mod_addition_no_wd.pth")
+    s = summarise(analyze(ds))
+    assert s["skipped"] == {"phases": "needs at least 3 checkpoints, the trajectory has 1"}
+    assert s["key_frequencies"]["set"] == [36, 52] and s["key_frequencies"]["sources_agree"]
+    final = s["losses"]["final"]
+    assert final["loss_train"] == pytest.approx(float(ds["train_loss"].values[-1]), rel=0.02)  # 1.68e-10 saved
+    assert final["acc_train"] == 1.0 and final["acc_test"] == 1.0
+    assert final["restricted_loss_all"] < final["loss_all"] < 1e-6 < 1.0 < final["excluded_loss_full"]
+    with pytest.raises(AnalysisError, match="at least 3 checkpoints"):
+        analyze(ds, analyses=["phases"])

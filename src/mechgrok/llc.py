@@ -428,7 +428,8 @@ def recommend_settings(
     the plateau in epsilon, so it is not a step-size artefact). The recommendation is the stable cell with the
     largest epsilon (the fastest mixing), ties broken by nbeta nearest ``target_nbeta`` on a log scale; if no
     cell is stable, the healthy cell with the *smallest* epsilon (the least step-size bias; the message says the
-    plateau is unconfirmed, so sweep smaller epsilons or draw longer); if none is healthy, nothing.
+    plateau is unconfirmed, so sweep smaller epsilons or draw longer), never one that disagrees with a healthy
+    smaller-epsilon cell; if none qualifies, nothing.
 
     Parameters
     ----------
@@ -464,11 +465,13 @@ def recommend_settings(
     nbs = sweep["nbeta"].values
     order = np.argsort(eps)
     stable = np.zeros_like(healthy)
+    biased = np.zeros_like(healthy)  # healthy, but moves away from a healthy smaller-epsilon estimate
     for j in range(len(nbs)):
         for a, b in zip(order[1:], order[:-1]):  # a: larger epsilon, b: the next smaller one
             if healthy[a, j] and healthy[b, j]:
                 tol = max(stability_tol * m[a, j], 2 * math.hypot(s0[a, j], s0[b, j]))
                 stable[a, j] = abs(m[a, j] - m[b, j]) <= tol
+                biased[a, j] = not stable[a, j]
     if target_nbeta is None:
         target_nbeta = float(sweep.attrs.get("default_nbeta", math.exp(np.mean(np.log(nbs)))))
     out = sweep.copy()
@@ -476,7 +479,8 @@ def recommend_settings(
     out["stable"] = (("epsilon", "nbeta"), stable, {"long_name": "healthy and agrees with the next smaller epsilon"})
     pick = None
     # stable cells: the largest epsilon (fastest mixing); healthy but unconfirmed: the smallest (least biased)
-    for mask, kind, sign in ((stable, "stable", -1.0), (healthy, "healthy but not confirmed by a smaller epsilon", 1.0)):
+    for mask, kind, sign in ((stable, "stable", -1.0),
+                             (healthy & ~biased, "healthy but not confirmed by a smaller epsilon", 1.0)):
         if mask.any():
             cand = np.argwhere(mask)
             key = [(sign * eps[i], abs(math.log(nbs[j] / target_nbeta))) for i, j in cand]
@@ -486,12 +490,14 @@ def recommend_settings(
     rule = (f"healthy: n_diverged == 0, llc_mean > 0, frac_below_init <= {max_frac_below}, "
             f"|llc_drift| <= max({drift_tol} * llc_mean, 2 * llc_std); stable: healthy and within "
             f"max({stability_tol} * llc_mean, 2 * combined std) of the next smaller epsilon; pick the stable cell "
-            f"with the largest epsilon (else the healthy cell with the smallest), then nbeta nearest "
+            f"with the largest epsilon (else the healthy cell with the smallest that no healthy smaller-epsilon "
+            f"cell contradicts), then nbeta nearest "
             f"{target_nbeta:.4g}")
     attrs = dict(out.attrs, recommendation_rule=rule)
     if pick is None:
         attrs.update(recommended_epsilon=float("nan"), recommended_nbeta=float("nan"), recommended_llc=float("nan"),
-                     recommendation="no cell is healthy: lower epsilon, raise gamma, or add weight_decay and re-sweep")
+                     recommendation="no cell qualifies: draw longer (burn-in), lower epsilon, raise gamma, or add "
+                                    "weight_decay, and re-sweep")
     else:
         i, j, kind = pick
         attrs.update(recommended_epsilon=float(eps[i]), recommended_nbeta=float(nbs[j]),

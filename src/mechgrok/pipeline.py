@@ -150,6 +150,10 @@ def analyze(
             raise AnalysisError(f"no checkpoints at epochs {missing[:5]}")
         ds = ds.sel(checkpoint=wanted)
     n = ds.sizes["checkpoint"]
+    skipped: dict[str, str] = {}
+    if n < 3 and "phases" in todo and (analyses is None or "phases" not in analyses):
+        todo.remove("phases")
+        skipped["phases"] = f"needs at least 3 checkpoints, the trajectory has {n}"
     report = progress or (lambda stage, done, total: None)
     groups: dict[str, xr.Dataset] = {}
 
@@ -237,6 +241,7 @@ def analyze(
         "reference_checkpoint": ref_epoch,
         "key_freqs": key_freqs,
         "analyses": list(groups),
+        "skipped": json.dumps(skipped),
         "n_checkpoints": int(n),
         "mechgrok_version": __version__,
         "trajectory_source_format": ds.attrs.get("source_format", ""),
@@ -449,6 +454,7 @@ def summarise(tree: xr.DataTree) -> dict[str, Any]:
         "reference_checkpoint": ref,
         "n_checkpoints": int(root.attrs.get("n_checkpoints", 0)),
         "analyses": list(root.attrs.get("analyses", [])),
+        "skipped": json.loads(root.attrs.get("skipped", "{}")),
     }
     children = {name: tree[name].to_dataset(inherit=False) for name in tree.children}
     if "key_frequencies" in children:
@@ -545,6 +551,8 @@ def report_markdown(summary: dict[str, Any], *, title: str = "mechgrok report") 
     """``report.md`` from :func:`summarise`'s dict."""
     lines = [f"# {title}", "", f"p = {summary['p']}, {summary['n_checkpoints']} checkpoints, reference checkpoint "
              f"epoch {summary['reference_checkpoint']}, mechgrok {summary.get('mechgrok_version')}.", ""]
+    for name, why in summary.get("skipped", {}).items():
+        lines += [f"Skipped {name}: {why}.", ""]
     kf = summary.get("key_frequencies")
     if kf:
         lines += ["## Key frequencies", "", f"**{', '.join(map(str, kf['set'])) or 'none'}**"

@@ -76,12 +76,12 @@ def mark_key_freq_ticks(ax, keys: Sequence[int], *, axis: str = "x", const: bool
         Also a major tick at 0 labelled "const".
     n_freq : int, optional
         Number of frequencies (for the minor ticks at 1..n_freq).
+
+    Set the axis limits first: close labels are staggered (:func:`~mechgrok.figures.style.stagger_tick_labels`).
     """
     keys = sorted(int(k) for k in keys)
-    ticks, labels = ([0], ["const"]) if const else ([], [])
-    span = max(n_freq or (keys[-1] if keys else 1), 1)
-    ticks += keys
-    labels += stagger_tick_labels(keys, [str(k) for k in keys], span=span, axis=axis)
+    ticks = ([0] if const else []) + keys
+    labels = stagger_tick_labels(ax, ticks, (["const"] if const else []) + [str(k) for k in keys], axis=axis)
     set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
     set_ticks(ticks, labels)
     if n_freq:

@@ -34,9 +34,8 @@ def component_ticks(ax, labels: Sequence[str], keys: Sequence[int], *, axis: str
     """
     labels = [str(s) for s in labels]
     keys = sorted(int(k) for k in keys)
-    pos = [(labels.index(f"cos {k}") + labels.index(f"sin {k}")) / 2 for k in keys]
-    text = stagger_tick_labels(pos, [str(k) for k in keys], span=len(labels), axis=axis)
-    pos, text = [labels.index("const")] + pos, ["const"] + text
+    pos = [labels.index("const")] + [(labels.index(f"cos {k}") + labels.index(f"sin {k}")) / 2 for k in keys]
+    text = stagger_tick_labels(ax, pos, ["const"] + [str(k) for k in keys], axis=axis)
     if axis == "x":
         ax.set_xticks(pos, text)
         ticklabels = ax.get_xticklabels()

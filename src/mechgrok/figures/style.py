@@ -179,26 +179,39 @@ def epoch_edges(epochs: np.ndarray) -> np.ndarray:
     return np.concatenate([[e[0] - (mid[0] - e[0])], mid, [e[-1] + (e[-1] - mid[-1])]])
 
 
-def stagger_tick_labels(positions: Sequence[float], texts: Sequence[str], *, span: float, axis: str) -> list[str]:
+def stagger_tick_labels(ax, positions: Sequence[float], texts: Sequence[str], *, axis: str,
+                        fontsize: float | None = None) -> list[str]:
     """Tick labels that do not overlap where ticks are close: every other close label is moved aside.
 
-    On the x axis a moved label goes one line down; on the y axis it is pushed left (labels are right-aligned).
+    Closeness is judged in points from the axis' current data limits and size (set the limits first). On the x
+    axis a moved label goes one line down; on the y axis it is pushed left (tick labels are right-aligned).
 
     Parameters
     ----------
+    ax : matplotlib.axes.Axes
     positions : sequence of float
         Tick positions in data units, increasing.
     texts : sequence of str
         Their labels.
-    span : float
-        Length of the axis in data units; ticks closer than span / 25 count as close.
     axis : {"x", "y"}
+    fontsize : float, optional
+        Tick-label size in points (default: the style's).
     """
+    size = fontsize if fontsize is not None else mpl.rcParams[f"{axis}tick.labelsize"]
+    size = 7.0 if isinstance(size, str) else float(size)  # a named size ("medium") in a user's rcParams
+    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    span = abs(hi - lo) or 1.0
+    box = ax.get_position()
+    length_pts = 0.85 * 72 * (box.width * ax.figure.get_figwidth() if axis == "x" else box.height * ax.figure.get_figheight())
     out, prev = [], None
     for pos, text in zip(positions, texts):
-        close = prev is not None and (pos - prev) <= max(1.0, span / 25)
-        out.append(("\n" + text if axis == "x" else text + "    ") if close else text)
-        prev = None if close else pos
+        close = False
+        if prev is not None:
+            gap = abs(pos - prev[0]) / span * length_pts
+            need = (0.6 * size * (len(prev[1]) + len(text)) / 2 + 2) if axis == "x" else 1.25 * size
+            close = gap < need
+        out.append(("\n" + text if axis == "x" else text + "     ") if close else text)
+        prev = None if close else (pos, text)
     return out
 
 
