@@ -1,7 +1,8 @@
 """Time per checkpoint of mechgrok's LLC estimator against devinterp's on the same settings (CPU).
 
-Both sample the same checkpoint of ``fixtures/quick-run`` with full-batch SGLD, the same step size, localisation,
-inverse temperature, chains, burn-in and draws, and the same float64 training loss. devinterp (1.x API) runs its
+Both sample the same checkpoint of ``fixtures/quick-run`` with SGLD (full batch, then minibatches of 128 with
+nbeta = m / ln m), the same step size, localisation, inverse temperature, chains, burn-in and draws, and the same
+float64 training loss. devinterp (1.x API) runs its
 chains one after another through an ``nn.Module`` and a DataLoader; mechgrok runs them as one batched computation
 (and, by default, computes the attention inputs from per-token tables). The mechgrok variant with
 ``token_tables=False`` is also timed, to separate the two effects. The estimates are printed beside the times:
@@ -9,7 +10,8 @@ they must agree within their spread for the timing to mean anything.
 
 Usage::
 
-    python benchmarks/llc.py [--epoch 3000] [--chains 4] [--burnin 100] [--draws 200] [--threads 1]
+    python benchmarks/llc.py [--epoch 3000] [--chains 4] [--burnin 100] [--draws 200] [--batch-sizes full,128]
+                              [--threads 1]
 
 devinterp is a benchmark/test-only dependency (``pip install devinterp==1.3.2``); without it only mechgrok is
 timed.

@@ -26,6 +26,7 @@ from mechgrok.llc import (
     default_nbeta,
     estimate_llc,
     llc_trajectory,
+    recommend_settings,
     sweep_llc,
 )
 from mechgrok.model import forward, init_params
@@ -241,6 +242,40 @@ def test_sweep_recommends_a_healthy_stable_cell():
     assert sweep.attrs["recommended_epsilon"] == 6e-5 and sweep.attrs["recommended_nbeta"] == 1000.0
     assert abs(sweep.attrs["recommended_llc"] - d / 2) <= 0.1 * d / 2
     np.testing.assert_allclose(sweep["llc_over_nbeta"].values, sweep["llc_mean"].values / 1000.0)
+
+
+def _planted_sweep(llc, drift=0.0, n_diverged=0):
+    eps, nbs = [1e-5, 1e-4, 1e-3], [50.0, 200.0]
+    shape = (3, 2)
+    var = lambda v: (("epsilon", "nbeta"), np.broadcast_to(np.asarray(v, dtype=float), shape).copy())
+    ds = xr.Dataset({"llc_mean": var(llc), "llc_std": var(0.5), "n_diverged": var(n_diverged),
+                     "frac_below_init": var(0.0), "llc_drift": var(drift)},
+                    coords={"epsilon": eps, "nbeta": nbs}, attrs={"default_nbeta": 200.0})
+    return recommend_settings(ds)
+
+
+def test_recommendation_rule_on_planted_sweeps():
+    # stable cells exist: nbeta nearest the default (200), then the smallest stable epsilon; (1e-3, 50) jumps
+    # from 10.5 to 30, a step-size artefact
+    r = _planted_sweep([[10.0, 10.0], [10.5, 10.4], [30.0, 10.6]])
+    assert r["stable"].values.tolist() == [[False, False], [True, True], [False, True]]
+    assert (r.attrs["recommended_epsilon"], r.attrs["recommended_nbeta"]) == (1e-4, 200.0)
+    assert r.attrs["recommended_llc"] == 10.4
+    # at the default nbeta, a confirmed (stable) epsilon beats a smaller unconfirmed one
+    r = _planted_sweep([[10.0, 10.0], [10.5, 10.4], [10.2, 10.6]], drift=[[0.0, 9.0], [0.0, 0.0], [0.0, 0.0]])
+    assert r.attrs["recommended_nbeta"] == 200.0 and r.attrs["recommended_epsilon"] == 1e-3
+    # only the largest epsilon has a flat trace: nothing confirms it, it is still the only candidate
+    r = _planted_sweep([[10.0, 10.0], [10.5, 10.4], [30.0, 29.0]], drift=[[9.0, 9.0], [9.0, 9.0], [0.0, 0.0]])
+    assert not r["stable"].values.any()
+    assert r.attrs["recommended_epsilon"] == 1e-3 and "not confirmed" in r.attrs["recommendation"]
+    # 1e-4 and 1e-3 are both flat but disagree: the larger one is biased and never chosen; the smaller wins
+    r = _planted_sweep([[10.0, 10.0], [10.5, 10.4], [30.0, 29.0]], drift=[[9.0, 9.0], [0.0, 0.0], [0.0, 0.0]])
+    assert r.attrs["recommended_epsilon"] == 1e-4 and r.attrs["recommended_nbeta"] == 200.0
+    # every chain diverged: nothing to recommend
+    r = _planted_sweep(np.nan, n_diverged=2)
+    assert not r["healthy"].values.any() and math.isnan(r.attrs["recommended_epsilon"])
+    with pytest.raises(AnalysisError, match="epsilon x nbeta"):
+        recommend_settings(xr.Dataset({"llc_mean": ("x", [1.0])}))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -425,11 +425,12 @@ def recommend_settings(
     lie below the starting loss, and the trace is flat: ``|llc_drift| <= max(drift_tol * llc_mean, 2 * llc_std)``.
     It is **stable** when it is healthy and so is the cell with the next smaller epsilon at the same nbeta, and
     their LLCs agree within ``max(stability_tol * llc_mean, 2 * sqrt(std_1^2 + std_2^2))`` (the estimate sits on
-    the plateau in epsilon, so it is not a step-size artefact). The recommendation is the stable cell with the
-    largest epsilon (the fastest mixing), ties broken by nbeta nearest ``target_nbeta`` on a log scale; if no
-    cell is stable, the healthy cell with the *smallest* epsilon (the least step-size bias; the message says the
-    plateau is unconfirmed, so sweep smaller epsilons or draw longer), never one that disagrees with a healthy
-    smaller-epsilon cell; if none qualifies, nothing.
+    the plateau in epsilon, so it is not a step-size artefact). The recommendation is a stable cell: the one
+    with nbeta nearest ``target_nbeta`` on a log scale, then the smallest epsilon (every stable epsilon sits on
+    the plateau; the smallest has the least step-size bias and the widest margin to divergence at the other
+    checkpoints of the trajectory). If no cell is stable, the same rule over healthy cells, never one whose
+    estimate disagrees with a healthy smaller-epsilon cell (the message then says the plateau is unconfirmed:
+    sweep smaller epsilons or draw longer); if none qualifies, nothing.
 
     Parameters
     ----------
@@ -478,21 +479,20 @@ def recommend_settings(
     out["healthy"] = (("epsilon", "nbeta"), healthy, {"long_name": "no divergence, LLC > 0, few draws below L(w*), flat trace"})
     out["stable"] = (("epsilon", "nbeta"), stable, {"long_name": "healthy and agrees with the next smaller epsilon"})
     pick = None
-    # stable cells: the largest epsilon (fastest mixing); healthy but unconfirmed: the smallest (least biased)
-    for mask, kind, sign in ((stable, "stable", -1.0),
-                             (healthy & ~biased, "healthy but not confirmed by a smaller epsilon", 1.0)):
+    # nbeta nearest the target first (keep the theory's temperature when it works), then the smallest epsilon
+    # (least step-size bias and the widest margin to divergence at other checkpoints)
+    for mask, kind in ((stable, "stable"), (healthy & ~biased, "healthy but not confirmed by a smaller epsilon")):
         if mask.any():
             cand = np.argwhere(mask)
-            key = [(sign * eps[i], abs(math.log(nbs[j] / target_nbeta))) for i, j in cand]
+            key = [(round(abs(math.log(nbs[j] / target_nbeta)), 9), eps[i]) for i, j in cand]
             i, j = cand[min(range(len(cand)), key=lambda q: key[q])]
             pick = (int(i), int(j), kind)
             break
     rule = (f"healthy: n_diverged == 0, llc_mean > 0, frac_below_init <= {max_frac_below}, "
             f"|llc_drift| <= max({drift_tol} * llc_mean, 2 * llc_std); stable: healthy and within "
-            f"max({stability_tol} * llc_mean, 2 * combined std) of the next smaller epsilon; pick the stable cell "
-            f"with the largest epsilon (else the healthy cell with the smallest that no healthy smaller-epsilon "
-            f"cell contradicts), then nbeta nearest "
-            f"{target_nbeta:.4g}")
+            f"max({stability_tol} * llc_mean, 2 * combined std) of the healthy next smaller epsilon; pick a stable "
+            f"cell (else a healthy one that no healthy smaller-epsilon cell contradicts) with nbeta nearest "
+            f"{target_nbeta:.4g}, then the smallest epsilon")
     attrs = dict(out.attrs, recommendation_rule=rule)
     if pick is None:
         attrs.update(recommended_epsilon=float("nan"), recommended_nbeta=float("nan"), recommended_llc=float("nan"),

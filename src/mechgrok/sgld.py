@@ -18,8 +18,10 @@ Chains are a leading ``chain`` dim on every parameter tensor: one call of the us
 chains, and the gradient of the *sum* of the per-chain losses is each chain's own gradient (chains share no
 weights). The step size, inverse temperature, localisation and weight decay may differ per chain, so a whole
 calibration grid runs as one computation. Each chain draws its noise (and its minibatches) from its own
-``torch.Generator``, seeded from ``seeds[c]``: a chain's path does not depend on how many other chains run beside
-it or how they are batched.
+``torch.Generator``, seeded from ``seeds[c]``: at every step, first the minibatch (if any), then
+``torch.randn(n_params)`` for the noise, in the flat order of the weights (the order of ``center``'s keys, each
+weight flattened). A chain's path therefore does not depend on how many other chains run beside it or how they
+are batched.
 
 A chain whose loss becomes NaN or infinite (a non-finite gradient shows up as a non-finite loss one step later)
 is frozen at its centre from that step on (so it cannot poison the arithmetic of the batch) and its later losses

@@ -200,8 +200,7 @@ def animate_neuron_frequencies(tree: xr.DataTree, *, max_frames: int = 40, inter
         return np.ma.masked_less(g.reshape(nrows, ncols), 0)
 
     colors = [COLORS["unexplained"], COLORS["other"]] + [key_freq_color(i) for i in range(len(keys))]
-    cmap = ListedColormap(colors)
-    cmap.set_bad("white")
+    cmap = ListedColormap(colors).with_extremes(bad="white")
     norm = BoundaryNorm(np.arange(-0.5, len(colors) + 0.5), cmap.N)
     names = [f"k = {kk}" for kk in keys] + ["other k", "unexplained"]
     sizes = np.stack([[(cats[i] == 2 + q).sum() for q in range(len(keys))] + [(cats[i] == 1).sum(), (cats[i] == 0).sum()]

@@ -75,7 +75,7 @@ def mark_key_freq_ticks(ax, keys: Sequence[int], *, axis: str = "x", const: bool
     const : bool
         Also a major tick at 0 labelled "const".
     n_freq : int, optional
-        Number of frequencies (for the minor ticks at 1..n_freq).
+        Number of frequencies (for the minor ticks: at 1..n_freq, or at multiples of 5 beyond 30 frequencies).
 
     Set the axis limits first: close labels are staggered (:func:`~mechgrok.figures.style.stagger_tick_labels`).
     """
@@ -84,8 +84,8 @@ def mark_key_freq_ticks(ax, keys: Sequence[int], *, axis: str = "x", const: bool
     labels = stagger_tick_labels(ax, ticks, (["const"] if const else []) + [str(k) for k in keys], axis=axis)
     set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
     set_ticks(ticks, labels)
-    if n_freq:
-        set_ticks(np.arange(1, n_freq + 1), minor=True)
+    if n_freq:  # minor ticks at every k, or at every 5th where every k would be a comb
+        set_ticks(np.arange(1, n_freq + 1) if n_freq <= 30 else np.arange(5, n_freq + 1, 5), minor=True)
     tick_labels = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
     offset = 1 if const else 0
     for i, lab in enumerate(tick_labels):
@@ -189,6 +189,7 @@ def _heatmap(ax, epochs: np.ndarray, norm: xr.DataArray, keys: Sequence[int], sp
         ax.axvspan(start, end, ymin=1.0, ymax=1.035, color=PHASE_COLORS[name], alpha=0.7, lw=0, clip_on=False)
     ax.set_ylabel("frequency k")
     ax.set_xlabel("epoch")
+    ax.ticklabel_format(axis="x", useOffset=False, style="plain")
     ax.set_title(title, pad=9)
 
 

@@ -93,7 +93,7 @@ def fig_neuron_clusters(tree: xr.DataTree) -> Figure:
         bars = ax.bar(xs, counts, color=colors)
         ax.bar_label(bars, fontsize=6.5, padding=1)
         ax.set_xticks(xs, names, rotation=90 if len(names) > 8 else 0)
-        ax.set_xlabel("cluster (frequency k)")
+        ax.set_xlabel("cluster: frequency k\n(none: unexplained)")
         ax.set_ylabel("neurons")
         ax.set_ylim(0, max(counts) * 1.15 + 1)
         ax.set_title(f"Cluster sizes ({d_mlp} neurons)")
@@ -121,7 +121,7 @@ def fig_neuron_clusters(tree: xr.DataTree) -> Figure:
             ax.set_title("Cluster sizes over training")
             ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
             if spans:
-                fig.legend(handles=phase_handles(spans), loc="outside lower right", ncols=len(spans))
+                fig.legend(handles=phase_handles(spans), loc="outside lower center", ncols=len(spans))
     return fig
 
 
@@ -242,7 +242,7 @@ def fig_neuron_activations(tree: xr.DataTree) -> Figure:
                     color = key_freq_color(keys.index(k)) if k in keys else "black"
                     ax.set_ylabel(f"k = {k}\na", color=color)
         if im is not None:
-            cb = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02)
+            cb = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, aspect=35)
             cb.set_label("activation / neuron's max")
         fig.suptitle(f"Example neurons over the (a, b) grid (epoch {epoch})")
     return fig
