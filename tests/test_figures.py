@@ -299,3 +299,18 @@ def test_cli_figures_missing_path_is_one_red_line(tmp_path):
     res = runner.invoke(app, ["figures", str(tmp_path / "nope")])
     assert res.exit_code == 2
     assert "no such file" in res.output and "Traceback" not in res.output
+
+
+def test_cli_analyze_with_figures_passes_the_run_for_the_loss_curves(fixture_run, tmp_path):
+    # a cheap analysis (weights only, no ablation group): the loss curves can only come from the run passed on
+    # by `analyze`, so 01 exists only if it was; the rest needing other analyses is listed as left out
+    res = runner.invoke(app, ["analyze", str(fixture_run), "--out", str(tmp_path), "--only", "fourier_norms",
+                              "--figures", "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "figures"
+    names = {p.name for p in out.iterdir()}
+    assert {"01_loss_curves.png", "03_fourier_norms.svg", "04_fourier_norms_over_training.png",
+            "11_W_E_fourier_norms.gif", "index.html"} <= names
+    assert "09_attention.png" not in names
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "Left out" in text and "02_progress_measures" in text

@@ -67,7 +67,7 @@ def _cli(*args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_weights(tmp_path):
-    cfg = TINY.replace(num_epochs=4000, checkpoint_every=50)
+    cfg = TINY.replace(num_epochs=2000, checkpoint_every=25)
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(cfg.to_json())
     full = train(cfg, tmp_path / "full")

@@ -41,7 +41,8 @@ class FigureSpec:
     needs : tuple of str
         Analysis groups the figure needs (it is left out when one is missing).
     make : callable
-        ``make(tree, trajectory) -> Figure`` (or ``-> FuncAnimation`` for an animation).
+        ``make(tree, trajectory) -> Figure``; for an animation ``make(tree, trajectory, max_frames) ->
+        FuncAnimation``.
     caption : callable
         ``caption(tree) -> str``: the one-line caption in ``index.html``.
     """
@@ -208,6 +209,7 @@ def write_figure_pack(
             with paper_style():
                 fig = spec.make(tree, trajectory)
                 fig.savefig(out / f"{spec.name}.png", dpi=dpi)
+                fig.set_layout_engine("none")  # keep the layout just computed: the SVG needs no second solve
                 fig.savefig(out / f"{spec.name}.svg", metadata={"Date": None})
             del fig
             written.append((spec, [f"{spec.name}.png", f"{spec.name}.svg"]))

@@ -252,5 +252,6 @@ def fig_key_frequency_ablations(tree: xr.DataTree) -> Figure:
         ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
         if spans:
             fig.legend(handles=phase_handles(spans), loc="outside lower center", ncols=len(spans))
+        fig.suptitle("Fourier-space ablations of the key frequencies over training")
     return fig
 
