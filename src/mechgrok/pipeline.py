@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,6 +28,7 @@ import xarray as xr
 
 from mechgrok import __version__
 from mechgrok.errors import AnalysisError, StoreError
+from mechgrok.store.assemble import json_safe as _json_safe
 
 __all__ = ["ANALYSES", "analyze", "write_analysis", "open_analysis", "summarise", "report_markdown"]
 
@@ -332,25 +330,6 @@ def reference_views(ref_ds: xr.Dataset, *, key_freqs: Sequence[int], clusters: x
 # Writing and reading analysis.zarr
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if value is None or isinstance(value, (int, str)):
-        return value
-    return str(value)
-
-
 def _zarr_ready(ds: xr.Dataset) -> xr.Dataset:
     """Object-dtype strings (Zarr v3 spec), JSON-safe attrs, no stale encodings."""
     ds = ds.drop_encoding()
@@ -390,23 +369,10 @@ def write_analysis(tree: xr.DataTree, path: str | Path, *, overwrite: bool = Tru
     path = Path(path)
     if path.exists() and not overwrite:
         raise StoreError("already exists", path=path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    from mechgrok.store.zarr_io import write_aside
+
     clean = xr.DataTree.from_dict({node.path: _zarr_ready(node.to_dataset(inherit=False)) for node in tree.subtree})
-    try:
-        clean.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (OSError, ValueError, TypeError)):
-            raise StoreError(f"cannot write the analysis store ({e})", path=path) from None
-        raise
-    return path
+    return write_aside(path, lambda tmp: clean.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3))
 
 
 def open_analysis(path: str | Path) -> xr.DataTree:

@@ -32,7 +32,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import xarray as xr
@@ -139,15 +139,33 @@ def write_store(ds: xr.Dataset, path: str | Path, *, overwrite: bool = False) ->
             raise StoreError("--overwrite refused: the path exists and is not a Zarr store", path=path)
     if not path.parent.is_dir():
         raise StoreError("the parent folder does not exist", path=path)
-    for stale in _stale_temps(path):  # left by a write that was killed
-        shutil.rmtree(stale, ignore_errors=True)
     out = ds.drop_encoding()
     # fixed-width strings have no Zarr v3 spec: label coordinates go as object (variable-length) strings
     out = out.assign_coords({n: out[n].astype(object) for n in out.coords if out[n].dtype.kind == "U"})
     out.attrs = {**{k: v for k, v in ds.attrs.items() if k != COMMIT_ATTR}, COMMIT_ATTR: _lengths(ds)}
+    return write_aside(
+        path, lambda tmp: out.to_zarr(tmp, mode="w-", encoding=_encoding(out), consolidated=False, zarr_format=3)
+    )
+
+
+def write_aside(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Run ``write(tmp)`` on a hidden sibling folder of ``path``, then rename it into place.
+
+    An existing ``path`` is swapped out only once the new one is complete, so an interrupted write leaves the
+    previous store (or none) under the final name, never a half-written one. Leftovers of a killed earlier
+    write are removed first.
+
+    Raises
+    ------
+    StoreError
+        If the write fails with an OS, type or value error (the temporary folder is removed).
+    """
+    path = Path(path)
+    for stale in _stale_temps(path):  # left by a write that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        out.to_zarr(tmp, mode="w-", encoding=_encoding(out), consolidated=False, zarr_format=3)
+        write(tmp)
         if path.exists():
             trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, trash)
