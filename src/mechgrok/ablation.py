@@ -31,24 +31,30 @@ R_k[s, c] = (2 / p^2) (cos(w_k s) sum_t cos(w_k t) G[t, c] + sin(w_k s) sum_t si
 restricted logits therefore depend on (a, b) only through s, so the restricted loss costs O(p^2) per checkpoint
 after the group sums. Each checkpoint's logits come from **one** forward pass, from which every measure here is
 derived; checkpoints are processed in chunks so memory stays bounded.
+
+Speed (``_measures``). The logits are reordered by residue (row (s, a) is the pair (a, (s - a) mod p)), so
+R_k[s, c] broadcasts over a, and the excluded losses use the label-shifted exponentials
+E[s, a, c] = exp(L[s, a, c] - L[s, a, s]): the loss with R removed is log1p(sum_{c != s} E[s, a, c]
+exp(R[s, s] - R[s, c])), so every excluded variant (each key frequency, all of them, and with ``all_freqs``
+every frequency) comes from one batched matrix product instead of one log-softmax over the training pairs each.
+Where those exponentials could overflow, the direct computation (``_measures_direct``) is used instead.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
 
 from mechgrok.activations import checkpoint_weights, iter_checkpoint_chunks, model_p
-from mechgrok.data import grid_tokens
 from mechgrok.errors import AnalysisError
 from mechgrok.fourier import check_odd_p, fourier_basis
 from mechgrok.loss import per_example_loss
-from mechgrok.model import forward
+from mechgrok.model import grid_forward
 
 __all__ = [
     "check_key_freqs",
@@ -211,16 +217,19 @@ def _split_stats(pe: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) ->
     return (pe * mask).sum(-1) / n, (correct.to(torch.float64) * mask).sum(-1) / n
 
 
-def _measures(
+def _measures_direct(
     logits: torch.Tensor,
     masks: dict[str, np.ndarray],
     key_freqs: Sequence[int],
     *,
     all_freqs: bool,
+    block3x3: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Every loss measure from the logits of a chunk of checkpoints.
+    """Every loss measure from the logits of a chunk of checkpoints, one log-softmax per edited logit tensor.
 
-    logits: (C, p*p, p) any float dtype, rows a * p + b. Returns numpy arrays keyed by output variable name.
+    The straightforward formulation; :func:`_measures` computes the same numbers faster and falls back to this
+    one where its exponentials could overflow. logits: (C, p*p, p) any float dtype, rows a * p + b. Returns
+    numpy arrays keyed by output variable name.
     """
     p = logits.shape[-1]
     L = logits.to(torch.float64)
@@ -276,12 +285,228 @@ def _measures(
     del L_tr
 
     # 3 x 3-block ablation
-    L3 = _block3x3(L, p, key_freqs)
-    pe3 = per_example_loss(L3, labels)
-    corr3 = L3.argmax(-1) == labels
+    if block3x3:
+        L3 = _block3x3(L, p, key_freqs)
+        pe3 = per_example_loss(L3, labels)
+        corr3 = L3.argmax(-1) == labels
+        for split in _SPLITS:
+            loss, acc = _split_stats(pe3, corr3, fm[split])
+            out[f"block3x3_loss_{split}"], out[f"block3x3_acc_{split}"] = loss.numpy(), acc.numpy()
+    return out
+
+
+class _Plan:
+    """Constants of :func:`_measures` for one (p, split, key frequencies, all_freqs): index maps, masks, trig."""
+
+    def __init__(self, p: int, masks: dict[str, np.ndarray], key_freqs: Sequence[int], all_freqs: bool):
+        self.p = p
+        self.masks = masks
+        self.key_freqs = list(key_freqs)
+        self.all_freqs = all_freqs
+        # residue order: row s * p + a holds the pair (a, b = (s - a) mod p), whose label is s
+        s = torch.arange(p)[:, None]
+        a = torch.arange(p)[None, :]
+        self.perm = (a * p + (s - a) % p).reshape(-1)
+        self.sidx = torch.arange(p)
+        self.labels = _residues(p)
+        perm = self.perm.numpy()
+        self.mask_ab = {k: torch.from_numpy(v.reshape(-1).astype(np.float64)) for k, v in masks.items()}
+        self.mask_s = {k: torch.from_numpy(v.reshape(-1)[perm].astype(np.float64).reshape(p, p))
+                       for k, v in masks.items()}
+        self.n = {k: float(v.sum()) for k, v in masks.items()}
+        self.counts = {k: v.sum(1) for k, v in self.mask_s.items()}  # pairs of the split per residue s
+        # the training pairs of each residue, padded to a common count with the index of an all-zero row (p*p)
+        tr = masks["train"].reshape(-1)[perm].reshape(p, p)
+        self.n_tr = int(tr.sum())
+        width = max(1, int(tr.sum(1).max()))
+        pad = np.full((p, width), p * p, dtype=np.int64)
+        valid = np.zeros((p, width), dtype=bool)
+        for s_ in range(p):
+            rows = np.flatnonzero(tr[s_])
+            pad[s_, : rows.size] = s_ * p + rows
+            valid[s_, : rows.size] = True
+        self.pad_idx = torch.from_numpy(pad.reshape(-1))
+        self.pad_valid = torch.from_numpy(valid)
+        self.pad_shape = (p, width)
+        # frequencies whose projections are needed; the excluded variants are these plus "all key freqs" (full)
+        self.freqs = list(range(1, (p - 1) // 2 + 1)) if all_freqs else self.key_freqs
+        self.key_pos = [self.freqs.index(k) for k in self.key_freqs]
+        self.cos, self.sin = _trig(p, self.freqs)  # (F, s)
+        # 3 x 3 blocks: the kept components J and the (f, g) mask among them
+        F = torch.from_numpy(fourier_basis(p).values)
+        J = [0] + [i for k in self.key_freqs for i in (2 * k - 1, 2 * k)]
+        self.FJ = F[J].contiguous()  # (m, x)
+        m = len(J)
+        keep = torch.zeros(m, m, dtype=torch.float64)
+        keep[0, 0] = 1.0
+        for j in range(len(self.key_freqs)):
+            block = [0, 1 + 2 * j, 2 + 2 * j]
+            keep[np.ix_(block, block)] = 1.0
+        self.keep = keep
+
+    def buffers(self) -> tuple[torch.Tensor, ...]:
+        """Work buffers for :func:`_measures_one`, reusable from one checkpoint to the next (one set per thread):
+        logits and exponentials in residue order, with one extra all-zero row (index p*p) that pads the
+        training pairs of each residue to a common count; the padded training pairs; an excluded-logit table."""
+        p, n = self.p, self.pad_shape[0] * self.pad_shape[1]
+        return (torch.zeros(p * p + 1, p, dtype=torch.float64), torch.zeros(p * p + 1, p, dtype=torch.float64),
+                torch.zeros(n, p, dtype=torch.float64), torch.zeros(n, p, dtype=torch.float64),
+                torch.zeros(n, p, dtype=torch.float64))
+
+    def measures(self, L: torch.Tensor, bufs: tuple[torch.Tensor, ...], *, block3x3: bool) -> dict[str, np.ndarray]:
+        """The measures of one checkpoint from its logits (p*p, p): fast path, or the direct one on overflow."""
+        one = _measures_one(L, self, bufs, block3x3=block3x3)
+        if one is None:
+            one = {k: v[0] for k, v in _measures_direct(L[None], self.masks, self.key_freqs,
+                                                        all_freqs=self.all_freqs, block3x3=block3x3).items()}
+        return one
+
+
+def _measures(
+    logits: torch.Tensor,
+    masks: dict[str, np.ndarray],
+    key_freqs: Sequence[int],
+    *,
+    all_freqs: bool,
+    block3x3: bool = True,
+) -> dict[str, np.ndarray]:
+    """Every loss measure from the logits of a chunk of checkpoints (same outputs as :func:`_measures_direct`).
+
+    logits: (C, p*p, p) any float dtype (a slice of wider logits is fine), rows a * p + b. Returns numpy arrays
+    keyed by output variable name.
+
+    Work per checkpoint, all float64: the logits are put in residue order (row (s, a) is the pair
+    (a, (s - a) mod p), label s), so every projection R_k[s, c] broadcasts over a. With
+    E[s, a, c] = exp(L[s, a, c] - L[s, a, s]) for c != s (0 at c = s),
+
+    * the model's loss is log1p(sum_c E) (the label-shifted log-sum-exp; exact for tiny losses too);
+    * the loss with R removed is log1p(sum_c E[s, a, c] exp(R[s, s] - R[s, c])), so the excluded losses of
+      every frequency come from one batched matrix product of E (the training pairs, grouped by residue) with
+      the (p x variants) table exp(R[s, s] - R[s, c]) of each residue, instead of one log-softmax over the
+      training pairs per variant.
+
+    Where those exponentials could overflow (a logit margin plus a projection range above 700 nats) the
+    checkpoint is computed by :func:`_measures_direct` instead.
+    """
+    p = logits.shape[-1]
+    plan = _Plan(p, masks, key_freqs, all_freqs)
+    bufs = plan.buffers()
+    rows = [plan.measures(logits[c], bufs, block3x3=block3x3) for c in range(logits.shape[0])]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _label_is_argmax(values: Callable[[], torch.Tensor], above: torch.Tensor, tied: torch.Tensor) -> torch.Tensor:
+    """Whether argmax over c of V[s, i, c] is s (the first maximum, as torch.argmax), from a cheap comparison.
+
+    ``above`` (s, i): the label's logit is known to beat every other class; ``tied``: undecided (a tie, or
+    within rounding of one). Only for those rows is V = ``values()`` built and its argmax taken.
+    """
+    if bool(tied.any()):
+        s, i = torch.nonzero(tied, as_tuple=True)
+        above = above.clone()
+        above[s, i] = values()[s, i].argmax(-1) == s
+    return above
+
+
+def _mean_over(x: torch.Tensor, weight: torch.Tensor, n: float) -> np.float64:
+    """sum(x * weight) / n as a float64 scalar; NaN for an empty split."""
+    return np.float64(float((x * weight).sum()) / n) if n > 0 else np.float64(np.nan)
+
+
+def _measures_one(
+    L: torch.Tensor, plan: _Plan, bufs: tuple[torch.Tensor, ...], *, block3x3: bool
+) -> dict[str, np.ndarray] | None:
+    """The measures of one checkpoint, logits (p*p, p); None where the exponentials could overflow."""
+    p, sidx = plan.p, plan.sidx
+    Lpad, Epad, L_tr, E_tr, V = bufs
+    if L.dtype == torch.float64:
+        torch.index_select(L, 0, plan.perm, out=Lpad[: p * p])
+    else:
+        Lpad[: p * p].copy_(L.index_select(0, plan.perm))
+    Ls = Lpad[: p * p].view(p, p, p)  # (s, a, c)
+    Ly = Ls.diagonal(dim1=0, dim2=2).T  # (s, a): the label logit L[s, a, s]
+    margin = float((Ls.amax(-1) - Ly).max())
+    G = Ls.sum(1)  # (s, c): group sums over the pairs with a + b = s
+    alpha, beta = plan.cos @ G, plan.sin @ G  # (F, c)
+    R = (2.0 / p**2) * (plan.cos[:, :, None] * alpha[:, None, :] + plan.sin[:, :, None] * beta[:, None, :])
+    R_key = R[plan.key_pos].sum(0)  # (s, c): sum over the key frequencies
+    Rv = torch.cat([R, R_key[None]])  # (variant, s, c): every frequency in plan.freqs, then the full set
+    Rd = Rv.diagonal(dim1=1, dim2=2)  # (variant, s)
+    if margin + float((Rd - Rv.amin(-1)).max()) > 700.0:
+        return None
+    out: dict[str, np.ndarray] = {}
+
+    # the model's own loss and accuracy
+    E = Epad[: p * p].view(p, p, p)
+    torch.sub(Ls, Ly[:, :, None], out=E)
+    np.exp(E.numpy(), out=E.numpy())
+    E.diagonal(dim1=0, dim2=2).zero_()
+    pe = torch.log1p(E.sum(-1))  # (s, a)
+    E_max = E.amax(-1)  # > 1 where another class beats the label, < 1 where none reaches it
+    correct = _label_is_argmax(lambda: Ls, E_max < 1.0, E_max == 1.0).to(torch.float64)
     for split in _SPLITS:
-        loss, acc = _split_stats(pe3, corr3, fm[split])
-        out[f"block3x3_loss_{split}"], out[f"block3x3_acc_{split}"] = loss.numpy(), acc.numpy()
+        m, n = plan.mask_s[split], plan.n[split]
+        out[f"loss_{split}"], out[f"acc_{split}"] = _mean_over(pe, m, n), _mean_over(correct, m, n)
+
+    # restricted: depends on (a, b) only through s; a split weights residue s by its number of pairs
+    Lr = R_key + (G.sum(0) / p**2 - R_key.mean(0))
+    pe_s = per_example_loss(Lr, sidx)
+    corr_s = (Lr.argmax(-1) == sidx).to(torch.float64)
+    for split in _SPLITS:
+        cnt, n = plan.counts[split], plan.n[split]
+        out[f"restricted_loss_{split}"] = _mean_over(pe_s, cnt, n)
+        out[f"restricted_acc_{split}"] = _mean_over(corr_s, cnt, n)
+
+    # excluded (training split, no bias correction): log1p(sum_c E[s, a, c] exp(R[s, s] - R[s, c]))
+    nk = len(plan.key_pos)
+    if plan.n_tr == 0:
+        nan = np.float64(np.nan)
+        out["excluded_loss"] = np.full(nk, np.nan)
+        out["excluded_acc"] = np.full(nk, np.nan)
+        out["excluded_loss_full"], out["excluded_acc_full"] = nan, nan
+        if plan.all_freqs:
+            out["excluded_loss_by_freq"] = np.full(len(plan.freqs), np.nan)
+            out["excluded_loss_max"] = nan
+    else:
+        g = torch.exp(Rd[:, :, None] - Rv)  # (variant, s, c)
+        torch.index_select(Epad, 0, plan.pad_idx, out=E_tr)
+        E_tr = E_tr.view(*plan.pad_shape, p)  # (s, pair, c), padding rows 0
+        T = torch.bmm(E_tr, g.permute(1, 2, 0))  # (s, pair, variant)
+        ex = (torch.log1p(T) * plan.pad_valid[:, :, None]).sum((0, 1)).numpy() / plan.n_tr  # (variant,)
+        torch.index_select(Lpad, 0, plan.pad_idx, out=L_tr)
+        L_tr = L_tr.view(*plan.pad_shape, p)
+        V = V.view(*plan.pad_shape, p)
+        acc = []
+        for j in [*plan.key_pos, len(plan.freqs)]:
+            torch.sub(L_tr, Rv[j][:, None, :], out=V)  # (s, pair, c): the excluded logits of the training pairs
+            vy = V.diagonal(dim1=0, dim2=2).T.clone()
+            V.diagonal(dim1=0, dim2=2).fill_(-math.inf)
+            other = V.amax(-1)  # best other class
+            hit = _label_is_argmax(lambda: L_tr - Rv[j][:, None, :], vy > other, vy == other)
+            acc.append(float((hit & plan.pad_valid).sum()) / plan.n_tr)
+        out["excluded_loss"] = ex[plan.key_pos]
+        out["excluded_acc"] = np.asarray(acc[:nk])
+        out["excluded_loss_full"], out["excluded_acc_full"] = np.float64(ex[-1]), np.float64(acc[-1])
+        if plan.all_freqs:
+            out["excluded_loss_by_freq"] = ex[:-1].copy()
+            out["excluded_loss_max"] = np.float64(ex[:-1].max())
+
+    # 3 x 3-block ablation, on the pairs in (a, b) order
+    if block3x3:
+        FJ, m = plan.FJ, plan.FJ.shape[0]
+        hat = (FJ @ L.to(torch.float64).reshape(p, p * p)).view(m, p, p)  # over a: (f, b, c)
+        hat = (FJ @ hat) * plan.keep[:, :, None]  # over b: (f, g, c), only the kept blocks
+        L3 = FJ.T @ (FJ.T @ hat).view(m, p * p)  # back over b, then over a: (a, b * c)
+        L3 = L3.view(p * p, p)
+        M3, arg3 = L3.max(-1)
+        ex3 = torch.sub(L3, M3[:, None])
+        np.exp(ex3.numpy(), out=ex3.numpy())
+        pe3 = (M3 - L3.gather(1, plan.labels[:, None])[:, 0]) + torch.log(ex3.sum(-1))
+        corr3 = (arg3 == plan.labels).to(torch.float64)
+        for split in _SPLITS:
+            m_, n = plan.mask_ab[split], plan.n[split]
+            out[f"block3x3_loss_{split}"] = _mean_over(pe3, m_, n)
+            out[f"block3x3_acc_{split}"] = _mean_over(corr3, m_, n)
     return out
 
 
@@ -526,7 +751,8 @@ def logit_ablations(
         Also compute the single-frequency excluded loss for every frequency (``excluded_loss_by_freq``) and its
         maximum (``excluded_loss_max``, paper footnote 3). Costs (p-1)/2 extra log-softmaxes per checkpoint.
     chunk : int
-        Checkpoints processed at once (float64 temporaries of about 3 * chunk * p^3 * 8 bytes).
+        Checkpoints read from ``logits`` at once; the measures are computed one checkpoint at a time in reused
+        float64 buffers (about 2 p^3 * 8 bytes, 23 MB at p = 113).
     reference_checkpoint : int, optional
         Epoch of the checkpoint K was taken from (recorded in attrs).
     key_freq_rule : str, optional
@@ -591,9 +817,10 @@ def ablation_losses(
 ) -> xr.Dataset:
     """Loss, accuracy, restricted, excluded and 3 x 3-block losses over every checkpoint of a trajectory.
 
-    One batched forward pass over the p x p grid per chunk of checkpoints (:func:`mechgrok.model.forward`);
-    every measure of :func:`logit_ablations` is derived from that one pass, then the chunk is freed, so peak
-    memory depends on ``chunk`` and p, not on the number of checkpoints.
+    One float32 forward pass over the p x p grid per checkpoint (:func:`mechgrok.model.grid_forward`, the same
+    pass as :func:`mechgrok.activations.grid_activations`); every measure of :func:`logit_ablations` is derived
+    from it, then the chunk is freed, so peak memory depends on ``chunk`` and p, not on the number of
+    checkpoints. :func:`mechgrok.progress.progress_measures` gives the same losses from a float64 pass.
 
     Parameters
     ----------
@@ -605,8 +832,8 @@ def ablation_losses(
     checkpoints : slice or list, optional
         ``isel`` selection along ``checkpoint``; default all.
     chunk : int
-        Checkpoints per forward pass. At p = 113 and the paper's widths, chunk 8 peaks at about 1.4 GB RSS
-        in all (measured; roughly 130 MB per checkpoint of the chunk), whatever the number of checkpoints.
+        Checkpoints per call of the forward pass (their float32 logits are held together: about 6 MB per
+        checkpoint at p = 113, plus the work memory of :func:`logit_ablations`).
     all_freqs : bool
         Also the excluded loss for every frequency and its maximum (see :func:`logit_ablations`).
     reference_checkpoint : int, optional
@@ -633,12 +860,12 @@ def ablation_losses(
         ds = ds.isel(checkpoint=checkpoints)
     if ds.sizes.get("checkpoint", 0) == 0:
         raise AnalysisError("no checkpoints selected")
-    tokens = grid_tokens(p)
     parts: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for sub in iter_checkpoint_chunks(ds, chunk):
             w = checkpoint_weights(sub)
-            logits = forward(w, tokens).logits[..., :p]  # (C, p*p, p), '=' class dropped
+            # float32 pass, the same as grid_activations; the '=' class is dropped
+            logits = grid_forward({**w, "W_U": w["W_U"][..., :p]}, p).logits  # (C, p*p, p)
             del w
             for name, arr in _measures(logits, masks, ks, all_freqs=all_freqs).items():
                 parts.setdefault(name, []).append(arr)

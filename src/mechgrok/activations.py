@@ -1,7 +1,7 @@
 """Activations on the full p x p input grid, batched over checkpoints (paper.md 3.3-3.4).
 
-One batched forward pass (:func:`mechgrok.model.forward` with a leading checkpoint dim) over every (a, b) pair,
-in chunks of checkpoints so memory stays bounded.
+One batched forward pass (:func:`mechgrok.model.grid_forward`, float32, with a leading checkpoint dim) over every
+(a, b) pair, in chunks of checkpoints so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.data import grid_tokens
 from mechgrok.errors import AnalysisError
-from mechgrok.model import WEIGHT_NAMES
+from mechgrok.model import WEIGHT_NAMES, grid_forward
 
 __all__ = ["model_p", "checkpoint_weights", "iter_checkpoint_chunks", "grid_activations"]
 
@@ -103,13 +102,13 @@ def grid_activations(
     p = model_p(ds)
     if checkpoints is not None:
         ds = ds.isel(checkpoint=checkpoints)
-    tokens = grid_tokens(p)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("logits", "attn_to_a", "attn_to_b", "mlp_post", "resid_mid")}
     with torch.no_grad():
         for sub in iter_checkpoint_chunks(ds, chunk):
             w = checkpoint_weights(sub)
             c = sub.sizes["checkpoint"]
-            out = torch_forward_grid(w, tokens, cache=any(k != "logits" for k in include))
+            # the grid forward pass from per-token tables; the '=' class is never needed here
+            out = grid_forward({**w, "W_U": w["W_U"][..., :p]}, p, cache=any(k != "logits" for k in include))
             if "logits" in include:
                 parts["logits"].append(out.logits[..., :p].reshape(c, p, p, p).numpy())
             if "attn" in include:
@@ -133,9 +132,3 @@ def grid_activations(
         coords["c"] = np.arange(p)
     return xr.Dataset(data, coords=coords, attrs={"description": "activations at the = position on the p x p grid"})
 
-
-def torch_forward_grid(weights: dict[str, torch.Tensor], tokens: torch.Tensor, *, cache: bool):
-    """Run :func:`mechgrok.model.forward` for stacked checkpoint weights on ``tokens`` (no grad)."""
-    from mechgrok.model import forward
-
-    return forward(weights, tokens, cache=cache)

@@ -16,10 +16,10 @@ all non-constant components, so shares sum to 1 over ``freq``.
 from __future__ import annotations
 
 import numpy as np
+import torch
 import xarray as xr
 
 from mechgrok.activations import iter_checkpoint_chunks, model_p
-from mechgrok.effective_weights import effective_weights
 from mechgrok.errors import AnalysisError
 from mechgrok.fourier import check_odd_p, fourier_basis
 
@@ -101,22 +101,47 @@ def fourier_norms(ds: xr.Dataset, *, chunk: int = 64, include: tuple[str, ...] =
         raise AnalysisError(f"the trajectory lacks weights {missing}")
     parts: dict[str, list[np.ndarray]] = {n: [] for n in include}
     for sub in iter_checkpoint_chunks(ds[need], chunk):
-        if "W_E" in include:
-            W_E = np.asarray(sub["W_E"].values, dtype=np.float64)[:, :p]  # (ck, vocab, d_model)
-            parts["W_E"].append(np.linalg.norm(np.einsum("fx,cxm->cfm", F, W_E), axis=-1))
-        if "W_logit" in include:
-            W_logit = effective_weights(sub, include=("W_logit",), chunk=chunk)["W_logit"].values  # (ck, n, c)
-            parts["W_logit"].append(np.linalg.norm(np.einsum("cnx,fx->cnf", W_logit, F), axis=1))
+        w = {n: np.asarray(sub[n].values) for n in need}
+        for name, arr in _component_norms(w, p, F, include).items():
+            parts[name].append(arr)
+    return _norms_dataset({n: np.concatenate(v) for n, v in parts.items()}, ds["checkpoint"].values, p)
+
+
+def _component_norms(
+    w: dict[str, np.ndarray], p: int, F: np.ndarray, include: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Norm of every Fourier component of W_E and/or W_logit for a chunk of checkpoints, float64 (ck, fourier).
+
+    ``w`` holds ``W_E`` (ck, vocab, d_model) and/or ``W_out`` (ck, d_mlp, d_model), ``W_U`` (ck, d_model,
+    vocab_out) in any float dtype. Plain BLAS matrix products (no einsum, no strided operands).
+    """
+    out: dict[str, np.ndarray] = {}
+    Ft = torch.from_numpy(np.ascontiguousarray(F.T, dtype=np.float64))  # (x, fourier)
+    if "W_E" in include:
+        W_E = torch.as_tensor(w["W_E"][:, :p]).to(torch.float64)  # (ck, x, d_model)
+        ck, _, d = W_E.shape
+        hat = W_E.transpose(1, 2).reshape(ck * d, p) @ Ft  # (ck * d_model, fourier): one matrix product
+        out["W_E"] = hat.view(ck, d, p).square().sum(1).sqrt().numpy()  # norm over d_model of each component
+    if "W_logit" in include:
+        W_U = torch.as_tensor(w["W_U"][..., :p]).to(torch.float64)
+        W_logit = torch.as_tensor(w["W_out"]).to(torch.float64) @ W_U  # (ck, d_mlp, c)
+        ck, n, _ = W_logit.shape
+        hat = W_logit.reshape(ck * n, p) @ Ft  # (ck * d_mlp, fourier)
+        out["W_logit"] = hat.view(ck, n, p).square().sum(1).sqrt().numpy()  # norm over neurons of each component
+    return out
+
+
+def _norms_dataset(comps: dict[str, np.ndarray], checkpoint: np.ndarray, p: int) -> xr.Dataset:
+    """The Dataset of :func:`fourier_norms` from the component norms (ck, fourier) of each input."""
     basis = fourier_basis(p)
     coords = {
-        "checkpoint": ds["checkpoint"].values,
+        "checkpoint": checkpoint,
         "fourier": basis["fourier"].values,
         "freq": np.arange(1, (p - 1) // 2 + 1),
     }
     data: dict[str, tuple] = {}
     comp_freq = basis["freq"].values
-    for name in include:
-        comp = np.concatenate(parts[name])
+    for name, comp in comps.items():
         freq_norm = np.sqrt((comp[:, 1:].reshape(comp.shape[0], -1, 2) ** 2).sum(-1))
         what = "W_E[:p] along the token axis" if name == "W_E" else "W_logit along the class axis"
         data[f"{name}_fourier_norm"] = (("checkpoint", "fourier"), comp, {"description": f"norm of each Fourier component of {what}"})

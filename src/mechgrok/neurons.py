@@ -73,8 +73,10 @@ def frequency_fve(mlp_post: xr.DataArray) -> xr.DataArray:
     total = (X**2).sum(axis=(1, 2))  # (ck, n); Parseval: the sum of all squared 2D Fourier coefficients
     # The 3x3 block of frequency k from four length-p sums (see the module docstring).
     x = np.arange(p)
-    plus = np.take_along_axis(X, ((x[None, :] - x[:, None]) % p)[None, :, :, None], axis=2).sum(axis=1)  # a+b=s
-    minus = np.take_along_axis(X, ((x[:, None] - x[None, :]) % p)[None, :, :, None], axis=2).sum(axis=1)  # a-b=s
+    # rows a * p + b of the pairs with a + b = s (a - b = s) for each (s, a): whole-row gathers (fast)
+    Xf = X.reshape(X.shape[0], p * p, X.shape[-1])
+    plus = Xf[:, x[None, :] * p + (x[:, None] - x[None, :]) % p].sum(axis=2)  # (ck, s, n): sum over a + b = s
+    minus = Xf[:, x[None, :] * p + (x[None, :] - x[:, None]) % p].sum(axis=2)  # sum over a - b = s
     V = np.stack([plus, minus, X.sum(axis=2), X.sum(axis=1)], axis=1)  # (ck, 4, x, n)
     w = 2 * np.pi * np.outer(np.arange(1, K + 1), x) / p  # (K, x)
     power = np.einsum("kx,cvxn->cvkn", np.cos(w), V) ** 2 + np.einsum("kx,cvxn->cvkn", np.sin(w), V) ** 2
