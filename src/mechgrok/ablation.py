@@ -64,6 +64,7 @@ __all__ = [
     "block3x3_logits",
     "logit_ablations",
     "ablation_losses",
+    "prepare_trajectory",
 ]
 
 _SPLITS = ("all", "train", "test")
@@ -805,6 +806,35 @@ def logit_ablations(
     return _to_dataset(parts, da["checkpoint"], ks, p, _base_attrs(p, ks, reference_checkpoint, key_freq_rule))
 
 
+def prepare_trajectory(
+    ds: xr.Dataset, *, key_freqs: Sequence[int], checkpoints: slice | list | None
+) -> tuple[xr.Dataset, int, list[int], dict[str, np.ndarray]]:
+    """Validate a trajectory for the loss measures and select its checkpoints.
+
+    Returns
+    -------
+    ds, p, key_freqs, masks
+        The selected trajectory, the modulus, the checked key frequencies and the boolean split masks
+        (``all``, ``train``, ``test``) over the p^2 grid rows.
+
+    Raises
+    ------
+    AnalysisError
+        If the trajectory has no (odd) p, is multi-layer, has no ``is_train``, no checkpoint is selected, or K is
+        invalid.
+    """
+    p = model_p(ds)
+    ks = check_key_freqs(key_freqs, p)
+    if "is_train" not in ds:
+        raise AnalysisError("the trajectory has no 'is_train' split; the train/test and excluded losses need it")
+    masks = _split_masks(ds["is_train"], p)
+    if checkpoints is not None:
+        ds = ds.isel(checkpoint=checkpoints)
+    if ds.sizes.get("checkpoint", 0) == 0:
+        raise AnalysisError("no checkpoints selected")
+    return ds, p, ks, masks
+
+
 def ablation_losses(
     ds: xr.Dataset,
     *,
@@ -851,15 +881,7 @@ def ablation_losses(
     AnalysisError
         If the trajectory has no p, is multi-layer, lacks weights or ``is_train``, or K is invalid.
     """
-    p = model_p(ds)
-    ks = check_key_freqs(key_freqs, p)
-    if "is_train" not in ds:
-        raise AnalysisError("the trajectory has no 'is_train' split; the train/test and excluded losses need it")
-    masks = _split_masks(ds["is_train"], p)
-    if checkpoints is not None:
-        ds = ds.isel(checkpoint=checkpoints)
-    if ds.sizes.get("checkpoint", 0) == 0:
-        raise AnalysisError("no checkpoints selected")
+    ds, p, ks, masks = prepare_trajectory(ds, key_freqs=key_freqs, checkpoints=checkpoints)
     parts: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for sub in iter_checkpoint_chunks(ds, chunk):

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.ablation import _base_attrs, _Plan, _split_masks, _to_dataset, _trim_heap, check_key_freqs
-from mechgrok.activations import checkpoint_weights, iter_checkpoint_chunks, model_p
+from mechgrok.ablation import _base_attrs, _Plan, _to_dataset, _trim_heap, prepare_trajectory
+from mechgrok.activations import checkpoint_weights, iter_checkpoint_chunks
 from mechgrok.errors import AnalysisError
 from mechgrok.fourier import fourier_basis
 from mechgrok.fourier_norms import _component_norms, _norms_dataset
@@ -126,15 +126,7 @@ def progress_measures(
         If the trajectory has no (odd) p, is multi-layer, lacks a weight or ``is_train``, no checkpoint is
         selected, or K is invalid.
     """
-    p = model_p(ds)
-    ks = check_key_freqs(key_freqs, p)
-    if "is_train" not in ds:
-        raise AnalysisError("the trajectory has no 'is_train' split; the train/test and excluded losses need it")
-    masks = _split_masks(ds["is_train"], p)
-    if checkpoints is not None:
-        ds = ds.isel(checkpoint=checkpoints)
-    if ds.sizes.get("checkpoint", 0) == 0:
-        raise AnalysisError("no checkpoints selected")
+    ds, p, ks, masks = prepare_trajectory(ds, key_freqs=key_freqs, checkpoints=checkpoints)
     F = fourier_basis(p).values
     plan = _Plan(p, masks, ks, all_freqs)
     local = threading.local()
