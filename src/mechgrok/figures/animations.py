@@ -83,6 +83,24 @@ def _prepare_for_frames(fig) -> None:
     fig.canvas.draw_idle = lambda *args, **kwargs: None
 
 
+def _animation(fig, draw, *, tree: xr.DataTree, epochs, title, label: str, cursor, interval_ms: int) -> FuncAnimation:
+    """A FuncAnimation whose frame j calls ``draw(j)``, then sets the title (epoch and phase) and the loss cursor."""
+
+    def update(j: int):
+        draw(j)
+        e = int(epochs[j])
+        phase = _phase_at(tree, e)
+        title.set_text(f"{label}, epoch {e}" + (f" ({phase})" if phase else ""))
+        if cursor is not None:
+            cursor.set_xdata([e, e])
+        return []
+
+    update(0)
+    _prepare_for_frames(fig)  # after update(0), so that the title has its space
+    return FuncAnimation(fig, update, frames=len(epochs), interval=interval_ms, blit=False, repeat=True,
+                         cache_frame_data=False)
+
+
 def animate_W_E_fourier_norms(tree: xr.DataTree, *, max_frames: int = 40, interval_ms: int = 200) -> FuncAnimation:
     """Animation of the W_E Fourier-component norms (const, cos k, sin k) over training.
 
@@ -132,24 +150,16 @@ def animate_W_E_fourier_norms(tree: xr.DataTree, *, max_frames: int = 40, interv
         title = ax.set_title("")
         cursor = _loss_strip(fig, strip, tree)
 
-        def update(j: int):
+        def draw(j: int) -> None:
             c, cs, sn = split[j]
             const[0].set_height(c)
             for bar, h in zip(cos, cs):
                 bar.set_height(h)
             for bar, h in zip(sin, sn):
                 bar.set_height(h)
-            e = int(epochs[idx[j]])
-            phase = _phase_at(tree, e)
-            title.set_text(f"W_E Fourier norms, epoch {e}" + (f" ({phase})" if phase else ""))
-            if cursor is not None:
-                cursor.set_xdata([e, e])
-            return []
 
-        update(0)
-        _prepare_for_frames(fig)  # after update(0), so that the title has its space
-        return FuncAnimation(fig, update, frames=len(idx), interval=interval_ms, blit=False, repeat=True,
-                             cache_frame_data=False)
+        return _animation(fig, draw, tree=tree, epochs=epochs[idx], title=title, label="W_E Fourier norms",
+                          cursor=cursor, interval_ms=interval_ms)
 
 
 def animate_neuron_frequencies(tree: xr.DataTree, *, max_frames: int = 40, interval_ms: int = 200) -> FuncAnimation:
@@ -225,21 +235,13 @@ def animate_neuron_frequencies(tree: xr.DataTree, *, max_frames: int = 40, inter
         axb.set_title("Cluster sizes")
         cursor = _loss_strip(fig, strip, tree)
 
-        def update(j: int):
+        def draw(j: int) -> None:
             im.set_data(grid(j))
             for bar, h in zip(bars, sizes[j]):
                 bar.set_height(h)
-            e = int(epochs[idx[j]])
-            phase = _phase_at(tree, e)
-            title.set_text(f"Neuron clusters, epoch {e}" + (f" ({phase})" if phase else ""))
-            if cursor is not None:
-                cursor.set_xdata([e, e])
-            return []
 
-        update(0)
-        _prepare_for_frames(fig)  # after update(0), so that the title has its space
-        return FuncAnimation(fig, update, frames=len(idx), interval=interval_ms, blit=False, repeat=True,
-                             cache_frame_data=False)
+        return _animation(fig, draw, tree=tree, epochs=epochs[idx], title=title, label="Neuron clusters",
+                          cursor=cursor, interval_ms=interval_ms)
 
 
 def save_gif(anim: FuncAnimation, path: str | Path, *, fps: float = 5.0, dpi: int = GIF_DPI) -> Path:
