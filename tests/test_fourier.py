@@ -13,17 +13,7 @@ from mechgrok.fourier import fft1d, fft2d, fourier_basis, fourier_labels, freq_o
 from mechgrok.fourier_norms import fourier_norms, per_frequency
 from nanda import load_nanda_model
 from planted import planted_trajectory, random_trajectory
-
-
-def dense_basis(p: int) -> np.ndarray:
-    """Rows [const, cos 1, sin 1, ...], built entry by entry."""
-    F = np.zeros((p, p))
-    for x in range(p):
-        F[0, x] = 1 / math.sqrt(p)
-        for k in range(1, (p - 1) // 2 + 1):
-            F[2 * k - 1, x] = math.sqrt(2 / p) * math.cos(2 * math.pi * k * x / p)
-            F[2 * k, x] = math.sqrt(2 / p) * math.sin(2 * math.pi * k * x / p)
-    return F
+from dense import dense_basis
 
 
 @pytest.mark.parametrize("p", [3, 7, 13, 53])

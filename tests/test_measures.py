@@ -16,6 +16,7 @@ from mechgrok.model import init_params
 from mechgrok.store.schema import build_dataset
 
 from planted import planted_trajectory
+from dense import dense_basis
 
 
 def dense_gini(c) -> float:
@@ -25,16 +26,6 @@ def dense_gini(c) -> float:
     c = [float(x) for x in c]
     n, s = len(c), sum(c)
     return sum(abs(x - y) for x in c for y in c) / (2 * n * s)
-
-
-def dense_basis(p: int) -> np.ndarray:
-    F = np.zeros((p, p))
-    for x in range(p):
-        F[0, x] = 1 / math.sqrt(p)
-        for k in range(1, (p - 1) // 2 + 1):
-            F[2 * k - 1, x] = math.sqrt(2 / p) * math.cos(2 * math.pi * k * x / p)
-            F[2 * k, x] = math.sqrt(2 / p) * math.sin(2 * math.pi * k * x / p)
-    return F
 
 
 def dense_norms(M: np.ndarray, F: np.ndarray) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from mechgrok.neurons import clusters_from_fve, frequency_fve, neuron_clusters
 from mechgrok.store import open_run
 from nanda import load_nanda_model
 from planted import planted_trajectory, random_trajectory
+from dense import dense_basis
 
 FIXTURE = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "quick-run"
 
@@ -21,12 +21,7 @@ FIXTURE = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures"
 def dense_fve(A: np.ndarray) -> np.ndarray:
     """FVE[n, k-1] with the real basis and explicit loops over neurons and frequencies; A is (p, p, n)."""
     p, _, n_neurons = A.shape
-    F = np.zeros((p, p))
-    for x in range(p):
-        F[0, x] = 1 / math.sqrt(p)
-        for k in range(1, (p - 1) // 2 + 1):
-            F[2 * k - 1, x] = math.sqrt(2 / p) * math.cos(2 * math.pi * k * x / p)
-            F[2 * k, x] = math.sqrt(2 / p) * math.sin(2 * math.pi * k * x / p)
+    F = dense_basis(p)
     out = np.zeros((n_neurons, (p - 1) // 2))
     for n in range(n_neurons):
         M = A[:, :, n] - A[:, :, n].mean()
