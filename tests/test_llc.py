@@ -21,7 +21,6 @@ from mechgrok.config import Config
 from mechgrok.errors import AnalysisError
 from mechgrok.llc import (
     TrainLoss,
-    _logits_from_tables,
     calibrate_llc,
     default_nbeta,
     estimate_llc,
@@ -281,24 +280,36 @@ def test_recommendation_rule_on_planted_sweeps():
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's transformer
 # ---------------------------------------------------------------------------------------------------------------
-def test_token_tables_reproduce_the_model_forward():
+def test_hand_written_and_autograd_gradients_agree():
+    """TrainLoss.gradient with gradient="manual" (mechgrok.loss_gradient) and "autograd" (model.forward): the same
+    loss and gradient, full batch and per-chain minibatches; and the same SGLD chains from either."""
     cfg = Config(p=11, frac_train=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=24)
     gen = torch.Generator().manual_seed(0)
     stacks = [init_params(cfg, generator=gen) for _ in range(3)]
-    params = {k: torch.stack([s[k] for s in stacks]) for k in stacks[0]}
-    params = {k: v + 0.3 * torch.randn(v.shape, generator=gen) for k, v in params.items()}  # non-zero biases too
+    params = {k: torch.stack([s[k] for s in stacks]).double() for k in stacks[0]}
+    params = {k: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()}
     a = torch.randint(0, 11, (40,), generator=gen)
     b = torch.randint(0, 11, (40,), generator=gen)
-    tok = torch.stack([a, b, torch.full_like(a, 11)], dim=1)
-    ref = forward(params, tok).logits
-    torch.testing.assert_close(_logits_from_tables(params, tok), ref, rtol=1e-5, atol=1e-5)
-    # one set of rows per chain
+    tok, labels = torch.stack([a, b, torch.full_like(a, 11)], dim=1), (a + b) % 11
     idx = torch.stack([torch.randperm(40, generator=gen)[:10] for _ in range(3)])
-    per_chain_ref = torch.stack([forward({k: v[c] for k, v in params.items()}, tok[idx[c]]).logits for c in range(3)])
-    torch.testing.assert_close(_logits_from_tables(params, tok[idx]), per_chain_ref, rtol=1e-5, atol=1e-5)
-    labels = (a + b) % 11
-    fast, slow = TrainLoss(tok, labels, batch_size=10), TrainLoss(tok, labels, batch_size=10, token_tables=False)
-    torch.testing.assert_close(fast(params, idx), slow(params, idx), rtol=1e-6, atol=1e-9)
+    for batch, batch_size in ((None, None), (idx, 10)):
+        fast = TrainLoss(tok, labels, batch_size=batch_size)
+        slow = TrainLoss(tok, labels, batch_size=batch_size, gradient="autograd")
+        g_fast = {k: torch.empty_like(v) for k, v in params.items()}
+        g_slow = {k: torch.empty_like(v) for k, v in params.items()}
+        torch.testing.assert_close(fast.gradient(params, batch, g_fast), slow.gradient(params, batch, g_slow),
+                                   rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(fast(params, batch), slow(params, batch), rtol=1e-12, atol=0.0)
+        for k in params:
+            torch.testing.assert_close(g_fast[k], g_slow[k], rtol=1e-10, atol=1e-13)
+    center = {k: v[0] for k, v in params.items()}
+    kw = dict(epsilon=1e-4, nbeta=20.0, gamma=100.0, num_chains=2, num_burnin=3, num_draws=5, seed=1)
+    manual = TrainLoss(tok, labels)
+    by_hand = estimate_llc(manual, center, grad_fn=manual.gradient, **kw)
+    by_autograd = estimate_llc(TrainLoss(tok, labels, gradient="autograd"), center, **kw)
+    np.testing.assert_allclose(by_hand["llc_chain"].values, by_autograd["llc_chain"].values, rtol=1e-9)
+    with pytest.raises(AnalysisError, match="gradient must be"):
+        TrainLoss(tok, labels, gradient="numerical")
 
 
 def test_minibatches_are_per_chain_permutations():
@@ -391,7 +402,7 @@ def test_agrees_with_devinterp(quick_run):
 
     epoch, eps, gamma, chains, burnin, draws = 3000, 3e-4, 100.0, 4, 50, 100
     cfg = Config.from_json(quick_run.attrs["config_json"])
-    lf = _train_loss_for(quick_run, batch_size=None, token_tables=True)
+    lf = _train_loss_for(quick_run, batch_size=None, gradient="manual")
     nbeta = default_nbeta(lf.n)
     ours = llc_trajectory(quick_run, epochs=[epoch], epsilon=eps, gamma=gamma, nbeta=nbeta, num_chains=chains,
                           num_burnin=burnin, num_draws=draws, seed=0).isel(checkpoint=0)

@@ -43,6 +43,7 @@ from mechgrok.activations import checkpoint_weights, model_p
 from mechgrok.data import grid_labels, grid_tokens
 from mechgrok.errors import AnalysisError
 from mechgrok.loss import per_example_loss
+from mechgrok.loss_gradient import LossGradient
 from mechgrok.model import WEIGHT_NAMES, forward
 from mechgrok.sgld import chain_seeds, sgld_sample
 
@@ -239,6 +240,7 @@ def estimate_llc(
     init_loss: float | None = None,
     divergence_factor: float = 100.0,
     keep_trace: bool = False,
+    grad_fn: Callable[[Mapping[str, torch.Tensor], Any, Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> xr.Dataset:
     """Estimate the LLC of any model at ``params`` by localised SGLD (Lau et al. 2023; ``beyond.md`` 1.2).
 
@@ -273,6 +275,9 @@ def estimate_llc(
         ``max(1, the smallest per-chain median over the draws)``; it is then reported as diverged.
     keep_trace : bool
         Also return ``loss_trace`` (chain, draw).
+    grad_fn : callable, optional
+        The loss with a gradient computed without autograd (:func:`mechgrok.sgld.sgld_sample`); by default
+        autograd through ``loss_fn``.
 
     Returns
     -------
@@ -293,7 +298,7 @@ def estimate_llc(
         loss_fn, center, epsilon=epsilon, nbeta=nbeta, gamma=gamma, weight_decay=weight_decay,
         num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws,
         seeds=chain_seeds(seed, num_chains=num_chains), batch_fn=batch_fn,
-        init_loss=None if init_loss is None else np.full(num_chains, float(init_loss)),
+        init_loss=None if init_loss is None else np.full(num_chains, float(init_loss)), grad_fn=grad_fn,
     )
     stats = _summarize_group(res.losses, res.draw_steps, res.init_loss, res.nbeta, res.dead_at, res.distance,
                              divergence_factor=divergence_factor)
@@ -329,6 +334,7 @@ def sweep_llc(
     divergence_factor: float = 100.0,
     keep_trace: bool = True,
     seed_keys: Sequence[int] = (),
+    grad_fn: Callable[[Mapping[str, torch.Tensor], Any, Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> xr.Dataset:
     """LLC estimates over an epsilon x nbeta grid at one point, all cells as one batched SGLD run.
 
@@ -338,7 +344,7 @@ def sweep_llc(
 
     Parameters
     ----------
-    loss_fn, params, gamma, weight_decay, num_burnin, num_draws, steps_between_draws, batch_fn, divergence_factor
+    loss_fn, params, gamma, weight_decay, num_burnin, num_draws, steps_between_draws, batch_fn, divergence_factor, grad_fn
         As for :func:`estimate_llc`.
     epsilons : sequence of float
         Step sizes (> 0), the ``epsilon`` dim.
@@ -381,7 +387,7 @@ def sweep_llc(
     res = sgld_sample(
         loss_fn, center, epsilon=eps_chain, nbeta=nb_chain, gamma=gamma, weight_decay=weight_decay,
         num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws,
-        seeds=chain_seeds(seed, *seed_keys, num_chains=total), batch_fn=batch_fn,
+        seeds=chain_seeds(seed, *seed_keys, num_chains=total), batch_fn=batch_fn, grad_fn=grad_fn,
     )
     cells = []
     for cell in range(n_cells):
@@ -515,7 +521,8 @@ class TrainLoss:
     """Batched training loss of the paper's model: ``loss_fn(params, batch) -> (chain,) float64``.
 
     The float64 cross-entropy of the final-position logits over all ``d_vocab_out`` classes, averaged over the
-    rows, exactly as :func:`mechgrok.train.train` computes it (``paper.md`` 2.1, 2.3).
+    rows, exactly as :func:`mechgrok.train.train` computes it (``paper.md`` 2.1, 2.3). :meth:`gradient` is the
+    ``grad_fn`` of :func:`mechgrok.sgld.sgld_sample`.
 
     Parameters
     ----------
@@ -525,10 +532,17 @@ class TrainLoss:
         int64, (n,).
     batch_size : int, optional
         Rows per minibatch; None for full-batch sampling.
-    token_tables : bool
-        Compute the attention inputs from per-token tables (exact: every sequence is ``[a, b, =]``, so the
-        residual stream at each position is one of ``d_vocab`` rows); about twice as fast as running
-        :func:`mechgrok.model.forward` on every row, which ``token_tables=False`` does.
+    gradient : {"manual", "autograd"}
+        How :meth:`gradient` computes the gradient: ``"manual"`` (default) with
+        :class:`mechgrok.loss_gradient.LossGradient` (per-token tables and a hand-written backward pass, several
+        times faster), ``"autograd"`` by autograd through :func:`mechgrok.model.forward`. Both give the same
+        numbers up to float rounding.
+
+    Raises
+    ------
+    AnalysisError
+        If ``batch_size`` is not between 1 and the number of rows, ``gradient`` is unknown, or (manual) the rows
+        are not ``[a, b, =]`` with one ``=`` token.
 
     Notes
     -----
@@ -537,14 +551,16 @@ class TrainLoss:
     """
 
     def __init__(self, tokens: torch.Tensor, labels: torch.Tensor, *, batch_size: int | None = None,
-                 token_tables: bool = True):
+                 gradient: str = "manual"):
         n = int(tokens.shape[0])
         if batch_size is not None and not (isinstance(batch_size, (int, np.integer)) and 1 <= batch_size <= n):
             raise AnalysisError(f"batch_size must be an integer between 1 and the {n} training rows, got {batch_size!r}")
+        if gradient not in ("manual", "autograd"):
+            raise AnalysisError(f"gradient must be 'manual' or 'autograd', got {gradient!r}")
         self.tokens, self.labels = tokens, labels
         self.n = n
         self.batch_size = None if batch_size is None else int(batch_size)
-        self.token_tables = bool(token_tables) and bool((tokens[:, 2] == tokens[0, 2]).all())
+        self.manual = LossGradient(tokens, labels) if gradient == "manual" else None
 
     @property
     def rows_per_step(self) -> int:
@@ -554,6 +570,8 @@ class TrainLoss:
     def to(self, device: torch.device | str) -> TrainLoss:
         """Move the rows to ``device`` (in place); returns self."""
         self.tokens, self.labels = self.tokens.to(device), self.labels.to(device)
+        if self.manual is not None:
+            self.manual.to(device)
         return self
 
     def batches(self) -> Callable[[Sequence[torch.Generator]], torch.Tensor] | None:
@@ -579,64 +597,35 @@ class TrainLoss:
 
         return batch_fn
 
-    def logits(self, params: Mapping[str, torch.Tensor], batch: torch.Tensor | None) -> torch.Tensor:
-        """Final-position logits (chain, rows, d_vocab_out) for the full data (``batch=None``) or a minibatch."""
-        if batch is None:
-            tok = self.tokens
-        else:
-            tok = self.tokens[batch]  # (chain, m, 3)
-        if self.token_tables:
-            return _logits_from_tables(params, tok)
-        if tok.dim() == 2:
-            return forward(params, tok).logits
-        return torch.func.vmap(lambda p, t: forward(p, t).logits)(dict(params), tok)
-
     def __call__(self, params: Mapping[str, torch.Tensor], batch: torch.Tensor | None) -> torch.Tensor:
+        """The mean loss per chain (nats), differentiable by autograd when ``params`` require gradients."""
+        if self.manual is not None and not any(t.requires_grad for t in params.values()):
+            return self.manual(params, None, batch)
+        if batch is None:
+            logits = forward(params, self.tokens).logits
+        else:
+            logits = torch.func.vmap(lambda p, t: forward(p, t).logits)(dict(params), self.tokens[batch])
         labels = self.labels if batch is None else self.labels[batch]
-        return per_example_loss(self.logits(params, batch), labels).mean(dim=-1)
+        return per_example_loss(logits, labels).mean(dim=-1)
+
+    def gradient(self, params: Mapping[str, torch.Tensor], batch: torch.Tensor | None,
+                 grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The mean loss per chain, with the gradient of its sum over chains written into ``grads``.
+
+        ``grads`` holds tensors shaped like ``params`` (the ``grad_fn`` protocol of
+        :func:`mechgrok.sgld.sgld_sample`).
+        """
+        if self.manual is not None:
+            return self.manual(params, grads, batch)
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            loss = self(leaves, batch)
+            for k, g in zip(leaves, torch.autograd.grad(loss.sum(), list(leaves.values()))):
+                grads[k].copy_(g)
+        return loss.detach()
 
 
-def _logits_from_tables(P: Mapping[str, torch.Tensor], tok: torch.Tensor) -> torch.Tensor:
-    """Exactly :func:`mechgrok.model.forward`'s logits for one leading (chain) dim and sequences ``[a, b, =]``.
-
-    The residual stream at position 0 (1) is the row ``W_E[a] + W_pos[0]`` (``W_E[b] + W_pos[1]``) of a
-    (vocab, d_model) table and at position 2 one vector, so the attention scores and values are computed once
-    per vocabulary entry and gathered, instead of once per row. ``tok`` is (rows, 3) shared by all chains or
-    (chain, rows, 3).
-    """
-    W_E, W_pos = P["W_E"], P["W_pos"]
-    C = W_E.shape[0]
-    H, M, D = P["W_Q"].shape[-3:]
-    eq = tok.reshape(-1, 3)[0, 2]
-    r0 = W_E + W_pos[:, None, 0, :]  # (C, vocab, M)
-    r1 = W_E + W_pos[:, None, 1, :]
-    r2 = W_E[:, eq, :] + W_pos[:, 2, :]  # (C, M)
-    q = torch.einsum("cm,chmd->chd", r2, P["W_Q"]) / math.sqrt(D)
-    qk = torch.einsum("chd,chmd->chm", q, P["W_K"])  # score of a residual x for head h: x . qk[h]
-    s0 = r0 @ qk.transpose(1, 2)  # (C, vocab, H)
-    s1 = r1 @ qk.transpose(1, 2)
-    s2 = torch.einsum("cm,chm->ch", r2, qk)  # (C, H)
-    WV = P["W_V"].permute(0, 2, 1, 3).reshape(C, M, H * D)
-    v0 = (r0 @ WV).view(C, -1, H, D)  # (C, vocab, H, D)
-    v1 = (r1 @ WV).view(C, -1, H, D)
-    v2 = (r2[:, None, :] @ WV).view(C, 1, H, D)
-    a, b = tok[..., 0], tok[..., 1]
-    if tok.dim() == 2:  # shared rows
-        s0a, s1b, v0a, v1b = s0[:, a], s1[:, b], v0[:, a], v1[:, b]
-    else:  # one set of rows per chain
-        ci = torch.arange(C, device=tok.device)[:, None]
-        s0a, s1b, v0a, v1b = s0[ci, a], s1[ci, b], v0[ci, a], v1[ci, b]
-    rows = s0a.shape[1]
-    pattern = torch.stack([s0a, s1b, s2[:, None, :].expand(C, rows, H)], dim=-1).softmax(dim=-1)  # (C, rows, H, 3)
-    z = pattern[..., 0, None] * v0a + pattern[..., 1, None] * v1b + pattern[..., 2, None] * v2  # (C, rows, H, D)
-    attn_out = z.reshape(C, rows, H * D) @ P["W_O"].reshape(C, H * D, M)
-    resid_mid = r2[:, None, :] + attn_out
-    post = torch.relu(resid_mid @ P["W_in"] + P["b_in"][:, None, :])
-    resid_post = resid_mid + post @ P["W_out"] + P["b_out"][:, None, :]
-    return resid_post @ P["W_U"]
-
-
-def _train_loss_for(ds: xr.Dataset, *, batch_size: int | None, token_tables: bool) -> TrainLoss:
+def _train_loss_for(ds: xr.Dataset, *, batch_size: int | None, gradient: str) -> TrainLoss:
     p = model_p(ds)
     if "is_train" not in ds:
         raise AnalysisError("the trajectory has no training split (is_train); the LLC is measured on the training split")
@@ -648,8 +637,7 @@ def _train_loss_for(ds: xr.Dataset, *, batch_size: int | None, token_tables: boo
     except json.JSONDecodeError:
         operation = "add"
     idx = torch.from_numpy(np.flatnonzero(mask.ravel()))
-    return TrainLoss(grid_tokens(p)[idx], grid_labels(p, operation)[idx], batch_size=batch_size,
-                     token_tables=token_tables)
+    return TrainLoss(grid_tokens(p)[idx], grid_labels(p, operation)[idx], batch_size=batch_size, gradient=gradient)
 
 
 def _select_checkpoints(ds: xr.Dataset, every: int, epochs: Sequence[int] | None) -> xr.Dataset:
@@ -687,7 +675,7 @@ def llc_trajectory(
     chunk: int = 1,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-    token_tables: bool = True,
+    gradient: str = "manual",
     progress: Callable[[int, int], None] | None = None,
 ) -> xr.Dataset:
     """The LLC of every (or every ``every``-th) checkpoint of a trajectory, on the training split.
@@ -730,8 +718,8 @@ def llc_trajectory(
         dtype of the sampled weights (float32 as trained, or float64); the loss is float64 either way.
     device : str or torch.device
         Where to sample.
-    token_tables : bool
-        See :class:`TrainLoss`.
+    gradient : {"manual", "autograd"}
+        How the gradient is computed; see :class:`TrainLoss`.
     progress : callable, optional
         ``progress(done, total)`` after each chunk of checkpoints.
 
@@ -758,7 +746,7 @@ def llc_trajectory(
     if epsilon <= 0 or gamma < 0 or weight_decay < 0:
         raise AnalysisError(f"need epsilon > 0, gamma >= 0, weight_decay >= 0; got {epsilon}, {gamma}, {weight_decay}")
     sel = _select_checkpoints(ds, every, epochs)
-    loss_fn = _train_loss_for(sel, batch_size=batch_size, token_tables=token_tables).to(device)
+    loss_fn = _train_loss_for(sel, batch_size=batch_size, gradient=gradient).to(device)
     nb = default_nbeta(loss_fn.rows_per_step) if nbeta is None else float(nbeta)
     if not (math.isfinite(nb) and nb > 0):
         raise AnalysisError(f"nbeta must be positive, got {nbeta!r}")
@@ -778,7 +766,7 @@ def llc_trajectory(
         res = sgld_sample(
             loss_fn, center, epsilon=epsilon, nbeta=nb, gamma=gamma, weight_decay=weight_decay,
             num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws, seeds=seeds,
-            batch_fn=loss_fn.batches(),
+            batch_fn=loss_fn.batches(), grad_fn=loss_fn.gradient,
         )
         for i in range(k):
             sl = slice(i * num_chains, (i + 1) * num_chains)
@@ -829,7 +817,7 @@ def calibrate_llc(
     keep_trace: bool = True,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-    token_tables: bool = True,
+    gradient: str = "manual",
     max_frac_below: float = 0.1,
     drift_tol: float = 0.1,
     stability_tol: float = 0.2,
@@ -851,7 +839,7 @@ def calibrate_llc(
     nbetas : sequence of float, optional
         Inverse temperatures to try; default ``default_nbeta * (0.25, 1, 4)``.
     gamma, weight_decay, num_chains, num_burnin, num_draws, steps_between_draws, batch_size, seed,
-    divergence_factor, dtype, device, token_tables
+    divergence_factor, dtype, device, gradient
         As for :func:`llc_trajectory` (``num_chains`` per cell).
     keep_trace : bool
         Keep ``loss_trace`` (epsilon, nbeta, chain, draw) for plotting.
@@ -875,7 +863,7 @@ def calibrate_llc(
     if epoch is None:
         epoch = int(ds["checkpoint"].values[-1])
     sel = _select_checkpoints(ds, 1, [int(epoch)])
-    loss_fn = _train_loss_for(sel, batch_size=batch_size, token_tables=token_tables).to(device)
+    loss_fn = _train_loss_for(sel, batch_size=batch_size, gradient=gradient).to(device)
     nb0 = default_nbeta(loss_fn.rows_per_step)
     if nbetas is None:
         nbetas = (nb0 / 4, nb0, nb0 * 4)
@@ -883,7 +871,7 @@ def calibrate_llc(
     sweep = sweep_llc(
         loss_fn, params, epsilons=epsilons, nbetas=nbetas, gamma=gamma, weight_decay=weight_decay,
         num_chains=num_chains, num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws,
-        seed=seed, batch_fn=loss_fn.batches(),
+        seed=seed, batch_fn=loss_fn.batches(), grad_fn=loss_fn.gradient,
         divergence_factor=divergence_factor, keep_trace=keep_trace, seed_keys=(int(epoch),),
     )
     sweep.attrs.update(epoch=int(epoch), default_nbeta=float(nb0), batch_size=int(loss_fn.rows_per_step),

@@ -47,6 +47,9 @@ __all__ = ["SGLDResult", "sgld_sample", "chain_seeds", "per_chain"]
 LossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
 #: ``batch_fn(generators) -> batch``: one minibatch per chain, drawn from the chains' generators.
 BatchFn = Callable[[Sequence[torch.Generator]], Any]
+#: ``grad_fn(params, batch, grads) -> (chain,) float64``: the loss of ``loss_fn`` and, written into ``grads`` (tensors
+#: shaped like ``params``), the gradient of its sum over chains, computed without autograd.
+GradFn = Callable[[Mapping[str, torch.Tensor], Any, Mapping[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ def sgld_sample(
     seeds: Sequence[int],
     batch_fn: BatchFn | None = None,
     init_loss: torch.Tensor | np.ndarray | None = None,
+    grad_fn: GradFn | None = None,
 ) -> SGLDResult:
     """Run localised SGLD chains, all in one batched computation (``beyond.md`` 1.2; Lau et al. 2023, eq. 13).
 
@@ -170,6 +174,10 @@ def sgld_sample(
         ``batch_fn(generators) -> batch``, called once per step; None samples with the full data set.
     init_loss : tensor or array of (chain,), optional
         The full-data loss at the centre; computed with ``loss_fn(center, None)`` when omitted.
+    grad_fn : callable, optional
+        ``grad_fn(params, batch, grads) -> (chain,) float64``: the same loss as ``loss_fn`` with its gradient
+        written into ``grads`` (views of one flat buffer, named and shaped like ``params``), e.g. a hand-written
+        backward pass (:class:`mechgrok.loss_gradient.LossGradient`). Used for every step instead of autograd.
 
     Returns
     -------
@@ -243,16 +251,24 @@ def sgld_sample(
     alive = torch.ones(n_chains, dtype=torch.bool, device=device)
     alive_cpu = torch.ones(n_chains, dtype=torch.bool)
     nan = torch.tensor(float("nan"), dtype=torch.float64)
-    neg_half_eps = -0.5 * eps_t
-    use_wd = bool((wd > 0).any())
+    keep = 1.0 - 0.5 * eps_t * (gam_t + wd_t)  # the update as w * keep + w* * pull + g * step + xi * sqrt(eps)
+    pull = 0.5 * eps_t * gam_t
+    step = -0.5 * eps_t * nb_t
 
     w = w0.clone()
+    grad_buf = torch.empty_like(w0) if grad_fn is not None else None
+    noise = torch.empty_like(w0)
     k = 0
     for t in range(total):
         batch = batch_fn(gens) if batch_fn is not None else None
-        leaf = w.detach().requires_grad_(True)
-        loss = _check_loss(loss_fn(as_params(leaf), batch), n_chains)
-        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        if grad_fn is not None:
+            with torch.no_grad():
+                loss = _check_loss(grad_fn(as_params(w), batch, as_params(grad_buf)), n_chains)
+            grad = grad_buf
+        else:
+            leaf = w.detach().requires_grad_(True)
+            loss = _check_loss(loss_fn(as_params(leaf), batch), n_chains)
+            (grad,) = torch.autograd.grad(loss.sum(), leaf)
         with torch.no_grad():
             # a non-finite gradient makes the next loss non-finite, so checking the loss catches both
             loss_cpu = loss.detach().cpu()
@@ -263,17 +279,16 @@ def sgld_sample(
                 alive_cpu &= ok
                 alive = alive_cpu.to(device)
             losses[:, t] = torch.where(alive_cpu, loss_cpu, nan)
-            delta = w - w0
             if is_draw[t]:
-                distance[:, k] = torch.where(alive_cpu, delta.to(torch.float64).norm(dim=1).cpu(), nan)
+                dist = torch.linalg.vector_norm(w - w0, dim=1, dtype=torch.float64).cpu()
+                distance[:, k] = torch.where(alive_cpu, dist, nan)
                 k += 1
-            noise = torch.stack([torch.randn(n_params, generator=g, dtype=dtype, device=device) for g in gens])
-            drift = grad.mul_(nb_t).addcmul_(delta, gam_t)
-            if use_wd:
-                drift.addcmul_(w, wd_t)
-            w = w.addcmul(drift, neg_half_eps).addcmul_(noise, sqrt_eps)
+            for row, g in zip(noise, gens):  # the same stream as torch.randn(n_params, generator=g)
+                row.normal_(generator=g)
+            # w - (eps/2) (nbeta g + gamma (w - w*) + wd w) + sqrt(eps) xi, in place
+            w.mul_(keep).addcmul_(w0, pull).addcmul_(grad, step).addcmul_(noise, sqrt_eps)
             if not bool(alive_cpu.all()):
-                w = torch.where(alive[:, None], w, w0)
+                w.copy_(torch.where(alive[:, None], w, w0))
     return SGLDResult(
         losses=losses.numpy(),
         draw_steps=draw_steps,
