@@ -257,13 +257,16 @@ def sgld_sample(
 
     w = w0.clone()
     grad_buf = torch.empty_like(w0) if grad_fn is not None else None
+    # w and grad_buf are updated in place, so their named views stay valid for the whole run
+    w_views = as_params(w)
+    grad_views = as_params(grad_buf) if grad_fn is not None else None
     noise = torch.empty_like(w0)
     k = 0
     for t in range(total):
         batch = batch_fn(gens) if batch_fn is not None else None
         if grad_fn is not None:
             with torch.no_grad():
-                loss = _check_loss(grad_fn(as_params(w), batch, as_params(grad_buf)), n_chains)
+                loss = _check_loss(grad_fn(w_views, batch, grad_views), n_chains)
             grad = grad_buf
         else:
             leaf = w.detach().requires_grad_(True)
