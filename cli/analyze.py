@@ -130,5 +130,8 @@ def _print_summary(s: dict) -> None:
                                                   if k.endswith("_end")))
     ll = s.get("llc")
     if ll:
-        t.add_row("LLC (first, last)", f"{ll['llc_mean'][0]} , {ll['llc_mean'][-1]}")
+        ends = [(e, v) for e, v in zip(ll["checkpoints"], ll["llc_mean"]) if v is not None]
+        t.add_row("LLC (first, peak, last checkpoint)",
+                  ", ".join(f"{v:.4g} at epoch {e}" for e, v in (ends[0], max(ends, key=lambda ev: ev[1]), ends[-1]))
+                  if ends else "-")
     out.print(t)
