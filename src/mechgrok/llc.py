@@ -45,7 +45,7 @@ from mechgrok.errors import AnalysisError
 from mechgrok.loss import per_example_loss
 from mechgrok.loss_gradient import LossGradient
 from mechgrok.model import WEIGHT_NAMES, forward
-from mechgrok.sgld import chain_seeds, sgld_sample
+from mechgrok.sgld import GradFn, chain_seeds, sgld_sample
 
 __all__ = [
     "DEFAULTS",
@@ -240,7 +240,7 @@ def estimate_llc(
     init_loss: float | None = None,
     divergence_factor: float = 100.0,
     keep_trace: bool = False,
-    grad_fn: Callable[[Mapping[str, torch.Tensor], Any, Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
+    grad_fn: GradFn | None = None,
 ) -> xr.Dataset:
     """Estimate the LLC of any model at ``params`` by localised SGLD (Lau et al. 2023; ``beyond.md`` 1.2).
 
@@ -334,7 +334,7 @@ def sweep_llc(
     divergence_factor: float = 100.0,
     keep_trace: bool = True,
     seed_keys: Sequence[int] = (),
-    grad_fn: Callable[[Mapping[str, torch.Tensor], Any, Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
+    grad_fn: GradFn | None = None,
 ) -> xr.Dataset:
     """LLC estimates over an epsilon x nbeta grid at one point, all cells as one batched SGLD run.
 
