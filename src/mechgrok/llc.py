@@ -534,8 +534,8 @@ class TrainLoss:
         Rows per minibatch; None for full-batch sampling.
     gradient : {"manual", "autograd"}
         How :meth:`gradient` computes the gradient: ``"manual"`` (default) with
-        :class:`mechgrok.loss_gradient.LossGradient` (per-token tables and a hand-written backward pass, several
-        times faster), ``"autograd"`` by autograd through :func:`mechgrok.model.forward`. Both give the same
+        :class:`mechgrok.loss_gradient.LossGradient` (per-token tables and a hand-written backward pass, about
+        twice as fast), ``"autograd"`` by autograd through :func:`mechgrok.model.forward`. Both give the same
         numbers up to float rounding.
 
     Raises
