@@ -25,6 +25,7 @@ from mechgrok.errors import AnalysisError
 from mechgrok.model import init_params
 from mechgrok.store.schema import build_dataset
 
+from dense import dense_basis
 from nanda import load_nanda_model
 from planted import planted_trajectory
 
@@ -32,17 +33,6 @@ from planted import planted_trajectory
 # ------------------------------------------------------------------------------------------------------------
 # dense references: plain numpy, written from the paper's definitions (paper.md 3.1, 3.7, 3.8; paper 4.4)
 # ------------------------------------------------------------------------------------------------------------
-def dense_basis(p: int) -> np.ndarray:
-    """Rows [const, cos 1, sin 1, ...], each normalised to unit length, built entry by entry."""
-    F = np.zeros((p, p))
-    for x in range(p):
-        F[0, x] = 1.0
-        for k in range(1, (p - 1) // 2 + 1):
-            F[2 * k - 1, x] = math.cos(2 * math.pi * k * x / p)
-            F[2 * k, x] = math.sin(2 * math.pi * k * x / p)
-    return F / np.linalg.norm(F, axis=1, keepdims=True)
-
-
 def dense_uv(p: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """u_k, v_k in R^{p^2} from the 2D basis vectors: (B_{cc} - B_{ss}) / sqrt 2 and (B_{sc} + B_{cs}) / sqrt 2."""
     F = dense_basis(p)

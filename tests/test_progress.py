@@ -18,6 +18,7 @@ from mechgrok.measures import weight_measures
 from mechgrok.model import WEIGHT_NAMES, forward, grid_forward
 from mechgrok.progress import progress_measures
 
+from dense import dense_basis
 from nanda import load_nanda_model
 from planted import planted_trajectory, random_trajectory
 
@@ -46,16 +47,6 @@ def dense_logits(w: dict[str, np.ndarray], p: int) -> np.ndarray:
             x = x + np.maximum(x @ w["W_in"] + w["b_in"], 0.0) @ w["W_out"] + w["b_out"]
             out[a * p + b] = (x[2] @ w["W_U"])[:p]
     return out
-
-
-def dense_basis(p: int) -> np.ndarray:
-    F = np.zeros((p, p))
-    for x in range(p):
-        F[0, x] = 1.0
-        for k in range(1, (p - 1) // 2 + 1):
-            F[2 * k - 1, x] = math.cos(2 * math.pi * k * x / p)
-            F[2 * k, x] = math.sin(2 * math.pi * k * x / p)
-    return F / np.linalg.norm(F, axis=1, keepdims=True)
 
 
 def dense_projection(L: np.ndarray, p: int, freqs) -> np.ndarray:
