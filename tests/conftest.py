@@ -26,6 +26,25 @@ def shared_runs() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_config():
+    """A tiny mechgrok config (p = 11, 20 epochs, a checkpoint every 5) for store and writer tests."""
+    from mechgrok.config import Config
+
+    return Config(p=11, frac_train=0.5, d_model=8, n_heads=2, d_head=4, d_mlp=16, num_epochs=20, checkpoint_every=5,
+                  lr=3e-3, seed=3, model_seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_config) -> Path:
+    """A real run directory trained with ``tiny_config``, once per session (tests only read it)."""
+    from mechgrok.train import train
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    train(tiny_config, run)
+    return run
+
+
+@pytest.fixture(scope="session")
 def fixture_trajectory():
     """The committed quick-preset run, loaded once."""
     import mechgrok

@@ -17,16 +17,12 @@ import pytest
 import torch
 import xarray as xr
 
-from mechgrok.config import Config
 from mechgrok.data import grid_labels, grid_tokens, split_indices
 from mechgrok.errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from mechgrok.model import PARAM_KEYS, WEIGHT_NAMES, forward
 from mechgrok.store import open_run
-from mechgrok.train import train
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nanda-saved-runs"
-TINY = Config(p=11, frac_train=0.5, d_model=8, n_heads=2, d_head=4, d_mlp=16, num_epochs=20, checkpoint_every=5,
-              lr=3e-3, seed=3, model_seed=1)
 
 
 def shared_file(name: str) -> Path:
@@ -34,13 +30,6 @@ def shared_file(name: str) -> Path:
     if not f.is_file():
         pytest.skip(f"the authors' released models are not present ({f}); see shared/data/nanda-saved-runs/README.md")
     return f
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    train(TINY, run)
-    return run
 
 
 def to_original(tl: dict[str, np.ndarray], prefix: str = "blocks") -> dict[str, torch.Tensor]:

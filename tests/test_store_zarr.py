@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mechgrok.config import Config
 from mechgrok.errors import StoreError
 from mechgrok.model import WEIGHT_NAMES
 from mechgrok.store import (
@@ -28,8 +27,6 @@ from mechgrok.store.zarr_io import COMMIT_ATTR
 from mechgrok.train import train
 
 QUICK_RUN = Path(__file__).resolve().parents[1] / "fixtures" / "quick-run"
-TINY = Config(p=11, frac_train=0.5, d_model=8, n_heads=2, d_head=4, d_mlp=16, num_epochs=20, checkpoint_every=5,
-              lr=3e-3, seed=3, model_seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +34,6 @@ def quick_store(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zarr") / "quick.zarr"
     ingest(QUICK_RUN, out)
     return out
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    train(TINY, run)
-    return run
 
 
 @pytest.fixture
@@ -200,13 +190,13 @@ def test_interrupted_first_write_leaves_nothing(tmp_path, monkeypatch, tiny_run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.zarr"]
 
 
-def test_trainer_writer_equals_run_dir(tmp_path):
+def test_trainer_writer_equals_run_dir(tmp_path, tiny_config):
     run, zarr_path = tmp_path / "run", tmp_path / "run.zarr"
-    train(TINY, run, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
+    train(tiny_config, run, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
     xr.testing.assert_identical(open_run(zarr_path).load(), open_run(run))
 
 
-def test_trainer_writer_resume_and_late_start(tmp_path):
+def test_trainer_writer_resume_and_late_start(tmp_path, tiny_config):
     run, zarr_path = tmp_path / "run", tmp_path / "run.zarr"
 
     class Stop(Exception):
@@ -217,11 +207,11 @@ def test_trainer_writer_resume_and_late_start(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train(TINY, run, on_epoch=stop_at_12, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
+        train(tiny_config, run, on_epoch=stop_at_12, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
     mid = open_run(zarr_path)
     assert list(mid["checkpoint"].values) == [0, 5, 10]
     assert int(mid["epoch"].values[-1]) == 10  # curves up to the last checkpoint
-    train(TINY, run, resume=True, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
+    train(tiny_config, run, resume=True, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
     full = open_run(zarr_path).load()
     xr.testing.assert_identical(full, open_run(run))
     # a store started late (e.g. --zarr added on resume) picks up the run's earlier checkpoints
@@ -240,7 +230,7 @@ def test_trainer_writer_resume_and_late_start(tmp_path):
         wrong.append(25, other)
 
 
-def test_writer_without_run_dir(tmp_path):
+def test_writer_without_run_dir(tmp_path, tiny_config):
     ref = open_run(QUICK_RUN).isel(checkpoint=slice(0, 3)).load()
     path = tmp_path / "w.zarr"
     writer = TrajectoryWriter(path, config={"p": 53, "note": "synthetic"}, p=53, is_train=ref["is_train"].values)
@@ -258,7 +248,7 @@ def test_writer_without_run_dir(tmp_path):
         writer.append(500, bad)
 
 
-def test_trainer_writer_recovers_from_a_killed_append(tmp_path, monkeypatch):
+def test_trainer_writer_recovers_from_a_killed_append(tmp_path, tiny_config, monkeypatch):
     from xarray.backends.zarr import ZarrStore
 
     run, zarr_path = tmp_path / "run", tmp_path / "run.zarr"
@@ -273,9 +263,9 @@ def test_trainer_writer_recovers_from_a_killed_append(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ZarrStore, "set_variables", killed_at_15)
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, run, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
+        train(tiny_config, run, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
     monkeypatch.setattr(ZarrStore, "set_variables", original)
     with pytest.raises(StoreError, match="interrupted"):
         open_run(zarr_path)
-    train(TINY, run, resume=True, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
+    train(tiny_config, run, resume=True, on_checkpoint=TrajectoryWriter(zarr_path, run_dir=run))
     xr.testing.assert_identical(open_run(zarr_path).load(), open_run(run))
