@@ -27,8 +27,7 @@ import numpy as np
 import xarray as xr
 
 from mechgrok.activations import grid_activations, iter_checkpoint_chunks, model_p
-from mechgrok.errors import AnalysisError
-from mechgrok.fourier import check_odd_p
+from mechgrok.fourier import check_odd_p, grid_p
 
 __all__ = ["attention_fit", "attention_fit_from_pattern"]
 
@@ -53,9 +52,7 @@ def attention_fit_from_pattern(attn_to_a: xr.DataArray) -> xr.Dataset:
         If a dim is missing or p is even.
     """
     need = ("checkpoint", "head", "a", "b")
-    if any(d not in attn_to_a.dims for d in need):
-        raise AnalysisError(f"attn_to_a needs dims {need}, has {attn_to_a.dims}")
-    p = check_odd_p(attn_to_a.sizes["a"])
+    p = grid_p(attn_to_a, need, "attn_to_a")
     K = (p - 1) // 2
     y = np.asarray(attn_to_a.transpose(*need).values, dtype=np.float64)
     mean = y.mean(axis=(-2, -1))

@@ -15,7 +15,7 @@ import xarray as xr
 
 from mechgrok.errors import AnalysisError
 
-__all__ = ["fourier_basis", "fourier_labels", "freq_of_component", "fft1d", "fft2d", "check_odd_p"]
+__all__ = ["fourier_basis", "fourier_labels", "freq_of_component", "fft1d", "fft2d", "check_odd_p", "grid_p"]
 
 
 def check_odd_p(p: int) -> int:
@@ -29,6 +29,28 @@ def check_odd_p(p: int) -> int:
     if int(p) != p or p < 3 or p % 2 == 0:
         raise AnalysisError(f"the Fourier basis needs an odd p >= 3, got p={p}")
     return int(p)
+
+
+def grid_p(da: xr.DataArray, need: tuple[str, ...], name: str) -> int:
+    """The modulus of an array over the input grid: check that ``da`` has the dims ``need`` and return its odd p.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        An array with an ``a`` dim of length p among ``need``.
+    need : tuple of str
+        The dims ``da`` must have.
+    name : str
+        What ``da`` is called in the error message.
+
+    Raises
+    ------
+    AnalysisError
+        If a dim is missing or p is even or below 3.
+    """
+    if any(d not in da.dims for d in need):
+        raise AnalysisError(f"{name} needs dims {need}, has {da.dims}")
+    return check_odd_p(da.sizes["a"])
 
 
 def fourier_labels(p: int) -> list[str]:

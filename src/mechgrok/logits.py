@@ -28,7 +28,7 @@ import xarray as xr
 
 from mechgrok.activations import grid_activations, iter_checkpoint_chunks, model_p
 from mechgrok.errors import AnalysisError
-from mechgrok.fourier import check_odd_p
+from mechgrok.fourier import check_odd_p, grid_p
 
 __all__ = ["logit_structure_from_coefficients", "cos_coefficients", "logit_structure"]
 
@@ -54,9 +54,7 @@ def cos_coefficients(logits: xr.DataArray) -> xr.Dataset:
         If a dim is missing or p is even.
     """
     need = ("checkpoint", "a", "b", "c")
-    if any(d not in logits.dims for d in need):
-        raise AnalysisError(f"logits need dims {need}, has {logits.dims}")
-    p = check_odd_p(logits.sizes["a"])
+    p = grid_p(logits, need, "logits")
     K = (p - 1) // 2
     L = np.asarray(logits.transpose(*need).values, dtype=np.float64)
     k = np.arange(1, K + 1)

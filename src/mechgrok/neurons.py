@@ -35,7 +35,7 @@ import xarray as xr
 
 from mechgrok.activations import grid_activations, iter_checkpoint_chunks, model_p
 from mechgrok.errors import AnalysisError
-from mechgrok.fourier import check_odd_p
+from mechgrok.fourier import check_odd_p, grid_p
 
 __all__ = ["PAPER_FVE_THRESHOLD", "frequency_fve", "neuron_clusters", "clusters_from_fve"]
 
@@ -64,9 +64,7 @@ def frequency_fve(mlp_post: xr.DataArray) -> xr.DataArray:
         If a dim is missing or p is even.
     """
     need = ("checkpoint", "a", "b", "d_mlp")
-    if any(d not in mlp_post.dims for d in need):
-        raise AnalysisError(f"mlp_post needs dims {need}, has {mlp_post.dims}")
-    p = check_odd_p(mlp_post.sizes["a"])
+    p = grid_p(mlp_post, need, "mlp_post")
     K = (p - 1) // 2
     X = np.asarray(mlp_post.transpose("checkpoint", "a", "b", "d_mlp").values, dtype=np.float64)
     X = X - X.mean(axis=(1, 2), keepdims=True)
