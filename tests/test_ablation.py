@@ -71,13 +71,16 @@ def dense_loss_acc(L: np.ndarray, p: int, mask: np.ndarray) -> tuple[float, floa
         for b in range(p):
             if not mask[a, b]:
                 continue
-            row = L[a * p + b].astype(np.float64)
-            m = row.max()
-            lse = m + math.log(sum(math.exp(x - m) for x in row))
+            row = [float(x) for x in L[a * p + b]]
             c = (a + b) % p
-            losses.append(lse - row[c])
+            gaps = [x - row[c] for j, x in enumerate(row) if j != c]
+            if max(gaps) < 700.0:  # log1p(sum_j exp(L_j - L_c)): exact for losses near 0 (no 1 - tiny rounding)
+                losses.append(math.log1p(math.fsum(math.exp(g) for g in gaps)))
+            else:
+                m = max(row)
+                losses.append(m + math.log(math.fsum(math.exp(x - m) for x in row)) - row[c])
             correct.append(float(np.argmax(row) == c))
-    return float(np.mean(losses)), float(np.mean(correct))
+    return math.fsum(losses) / len(losses), float(np.mean(correct))
 
 
 def dense_measures(L: np.ndarray, p: int, is_train: np.ndarray, freqs, *, all_freqs: bool = False) -> dict[str, float]:

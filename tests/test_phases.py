@@ -98,6 +98,85 @@ def test_run_ending_mid_cleanup_or_never_memorising():
     assert "never reaches" in str(ph["criterion"].sel(point="memorisation_end").values)
 
 
+def unsigned_measures() -> xr.Dataset:
+    """Planted curves whose Gini and test loss place every boundary, but which lack four of the paper's
+    signatures: the excluded loss only falls, the restricted loss and the sum of squared weights only rise."""
+    m = planted_measures()
+    t = m["checkpoint"].values.astype(float)
+    return m.assign(
+        excluded_loss_full=("checkpoint", 5.0 - t / 5000.0),
+        restricted_loss_all=("checkpoint", 1.0 + t / 1000.0),
+        sum_sq_weights_total=("checkpoint", 500.0 + t / 10.0),
+    )
+
+
+def test_failed_signatures_make_points_uncertain():
+    ph = find_phases(unsigned_measures())
+    assert bool(ph["found"].all())  # the rule still places every point ...
+    failed = {str(k) for k in ph["check"].values[~ph["signature"].values]}
+    assert failed == {
+        "circuit formation: excluded loss rises",
+        "circuit formation: restricted loss falls",
+        "cleanup: sum of squared weights falls",
+        "restricted loss falls ten-fold before the test loss",
+    }
+    # ... but the boundaries next to the phases without their signatures are uncertain, with the checks named
+    certain = {str(p): bool(c) for p, c in zip(ph["point"].values, ph["certain"].values)}
+    assert certain == {"start": True, "memorisation_end": False, "circuit_formation_end": False,
+                       "cleanup_end": False, "final": True}
+    per_point = {str(p): set(filter(None, str(f).split("; "))) for p, f in zip(ph["point"].values, ph["failed_checks"].values)}
+    assert per_point["memorisation_end"] == failed - {"cleanup: sum of squared weights falls"}
+    assert per_point["circuit_formation_end"] == failed
+    assert per_point["cleanup_end"] == {"cleanup: sum of squared weights falls"}
+    assert per_point["start"] == per_point["final"] == set()
+    assert bool(ph["check_applies"].sel(point="cleanup_end", check="cleanup: Gini rises"))
+    assert not bool(ph["check_applies"].sel(point="cleanup_end", check="memorisation: train loss falls"))
+    assert set(ph["check_phase"].values) == {"memorisation", "circuit_formation", "cleanup"}
+
+
+def test_certain_when_signatures_hold_or_point_missing():
+    ph = find_phases(planted_measures())
+    assert bool(ph["certain"].all()) and all(str(f) == "" for f in ph["failed_checks"].values)
+    # no cleanup: the checks of the missing phases do not make the end of memorisation uncertain
+    ph = find_phases(planted_measures(grok=False))
+    assert list(ph["certain"].values) == [True, True, False, False, True]
+    assert str(ph["failed_checks"].sel(point="memorisation_end").values) == ""
+
+
+_RATE = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?|nan)/epoch"
+
+
+@pytest.mark.parametrize("g_mid, g_width", [(6000.0, 300.0), (4000.0, 120.0)])
+def test_criterion_rates_equal_measure_at(g_mid, g_width):
+    import re
+
+    ph = find_phases(planted_measures(g_mid=g_mid, g_width=g_width))
+    rate = ph["measure_at"].sel(measure="gini_rate")
+    after = ph["measure_at"].sel(measure="gini_rate_after")
+    start, end = (str(ph["criterion"].sel(point=p).values) for p in ("circuit_formation_end", "cleanup_end"))
+    first = re.search(rf"dG/dt {_RATE} on the window's first interval \(gini_rate_after\), {_RATE} on the interval "
+                      r"ending here \(gini_rate\)", start)
+    assert first, start
+    assert float(first.group(1)) == pytest.approx(float(after.sel(point="circuit_formation_end")), rel=1e-5)
+    assert float(first.group(2)) == pytest.approx(float(rate.sel(point="circuit_formation_end")), rel=1e-5)
+    last = re.search(rf"dG/dt {_RATE} on the window's last interval \(gini_rate\), {_RATE} after it", end)
+    assert last, end
+    assert float(last.group(1)) == pytest.approx(float(rate.sel(point="cleanup_end")), rel=1e-5)
+    assert float(last.group(2)) == pytest.approx(float(after.sel(point="cleanup_end")), rel=1e-5)
+    # the window is where the rate is at least half its maximum: its edge intervals are in, their neighbours out
+    r_max = float(re.search(rf"its maximum {_RATE}", start).group(1))
+    assert float(after.sel(point="circuit_formation_end")) >= 0.5 * r_max * (1 - 1e-5)
+    assert float(rate.sel(point="cleanup_end")) >= 0.5 * r_max * (1 - 1e-5)
+    assert float(rate.sel(point="circuit_formation_end")) < 0.5 * r_max
+    assert float(after.sel(point="cleanup_end")) < 0.5 * r_max
+    # gini_rate_after at a point is gini_rate at the next checkpoint
+    m = planted_measures(g_mid=g_mid, g_width=g_width)
+    e = int(ph["epoch_at"].sel(point="circuit_formation_end"))
+    G = (m["gini_W_E_component"] + m["gini_W_logit_component"]) / 2
+    assert float(after.sel(point="circuit_formation_end")) == pytest.approx(
+        float(G.sel(checkpoint=e + 10) - G.sel(checkpoint=e)) / 10, rel=1e-12)
+
+
 def test_bad_input():
     m = planted_measures()
     with pytest.raises(AnalysisError, match="excluded_loss_full"):

@@ -162,3 +162,62 @@ def test_released_model_end_to_end():
     assert final["restricted_loss_all"] < final["loss_all"] < 1e-6 < 1.0 < final["excluded_loss_full"]
     with pytest.raises(AnalysisError, match="at least 3 checkpoints"):
         analyze(ds, analyses=["phases"])
+
+
+def _phases_tree(measures: xr.Dataset, *, n_checkpoints: int) -> xr.DataTree:
+    """A stored analysis holding only the phases of planted progress curves."""
+    from mechgrok.phases import find_phases
+
+    last = int(measures["checkpoint"].values[-1])
+    root = xr.Dataset(attrs={"p": 53, "reference_checkpoint": last, "n_checkpoints": n_checkpoints,
+                             "analyses": ["phases"], "skipped": "{}"})
+    return xr.DataTree.from_dict({"/": root, "phases": find_phases(measures)})
+
+
+def test_report_marks_uncertain_phase_points():
+    from test_phases import planted_measures, unsigned_measures
+
+    s = summarise(_phases_tree(unsigned_measures(), n_checkpoints=1001))
+    json.dumps(s)
+    ph = s["phases"]
+    assert all(v["found"] for v in ph.values())
+    assert {k: v["certain"] for k, v in ph.items()} == {
+        "start": True, "memorisation_end": False, "circuit_formation_end": False, "cleanup_end": False, "final": True}
+    assert ph["cleanup_end"]["failed_checks"] == ["cleanup: sum of squared weights falls"]
+    assert len(ph["circuit_formation_end"]["failed_checks"]) == 4 and ph["start"]["failed_checks"] == []
+    md = report_markdown(s)
+    e = ph["cleanup_end"]["epoch"]
+    assert f"| cleanup_end | {e} (uncertain: check cleanup: sum of squared weights falls failed) |" in md
+    e = ph["circuit_formation_end"]["epoch"]
+    assert f"| circuit_formation_end | {e} (uncertain: checks circuit formation: excluded loss rises, " in md
+    assert f"| start | 0 | first checkpoint |" in md
+    # when every signature holds, nothing is marked
+    s = summarise(_phases_tree(planted_measures(), n_checkpoints=1001))
+    assert all(v["certain"] and v["failed_checks"] == [] for v in s["phases"].values())
+    assert "uncertain" not in report_markdown(s)
+
+
+def _losses_summary(reference: int, final: int, n_checkpoints: int) -> dict:
+    names = ["loss_all", "acc_test"]
+    return {"p": 53, "n_checkpoints": n_checkpoints, "reference_checkpoint": reference, "mechgrok_version": "x",
+            "losses": {"final_checkpoint": final, "final": dict(zip(names, [0.125, 1.0])),
+                       "reference": dict(zip(names, [2.5, 0.5])), "excluded_loss_per_key_freq_final": {9: 3.0}}}
+
+
+def test_report_counts_and_losses_columns():
+    md = report_markdown(_losses_summary(3000, 3000, 1))
+    assert "p = 53, 1 checkpoint, reference checkpoint" in md
+    assert "| measure | final (= reference, epoch 3000) |\n|---|---|\n| loss_all | 0.125 |" in md
+    assert "| reference" not in md
+    md = report_markdown(_losses_summary(1500, 3000, 2))
+    assert "p = 53, 2 checkpoints, reference checkpoint" in md
+    assert "| measure | reference (epoch 1500) | final (epoch 3000) |" in md
+    assert "| loss_all | 2.5 | 0.125 |" in md
+
+
+def test_fixture_report_has_one_loss_column(fixture_analysis):
+    s = summarise(fixture_analysis)
+    assert s["losses"]["final_checkpoint"] == s["reference_checkpoint"]
+    md = report_markdown(s)
+    assert f"| measure | final (= reference, epoch {s['reference_checkpoint']}) |" in md
+    assert all(isinstance(v["certain"], bool) and isinstance(v["failed_checks"], list) for v in s["phases"].values())

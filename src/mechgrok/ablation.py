@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.activations import checkpoint_weights, iter_checkpoint_chunks, model_p
+from mechgrok.activations import select_checkpoints, checkpoint_weights, iter_checkpoint_chunks, model_p
 from mechgrok.errors import AnalysisError
 from mechgrok.fourier import check_odd_p, fourier_basis
 from mechgrok.loss import per_example_loss
@@ -828,8 +828,7 @@ def prepare_trajectory(
     if "is_train" not in ds:
         raise AnalysisError("the trajectory has no 'is_train' split; the train/test and excluded losses need it")
     masks = _split_masks(ds["is_train"], p)
-    if checkpoints is not None:
-        ds = ds.isel(checkpoint=checkpoints)
+    ds = select_checkpoints(ds, checkpoints)
     if ds.sizes.get("checkpoint", 0) == 0:
         raise AnalysisError("no checkpoints selected")
     return ds, p, ks, masks
@@ -847,10 +846,10 @@ def ablation_losses(
 ) -> xr.Dataset:
     """Loss, accuracy, restricted, excluded and 3 x 3-block losses over every checkpoint of a trajectory.
 
-    One float32 forward pass over the p x p grid per checkpoint (:func:`mechgrok.model.grid_forward`, the same
+    One float64 forward pass over the p x p grid per checkpoint (:func:`mechgrok.model.grid_forward`, the same
     pass as :func:`mechgrok.activations.grid_activations`); every measure of :func:`logit_ablations` is derived
     from it, then the chunk is freed, so peak memory depends on ``chunk`` and p, not on the number of
-    checkpoints. :func:`mechgrok.progress.progress_measures` gives the same losses from a float64 pass.
+    checkpoints. :func:`mechgrok.progress.progress_measures` gives the same losses from the same float64 pass.
 
     Parameters
     ----------
@@ -862,7 +861,7 @@ def ablation_losses(
     checkpoints : slice or list, optional
         ``isel`` selection along ``checkpoint``; default all.
     chunk : int
-        Checkpoints per call of the forward pass (their float32 logits are held together: about 6 MB per
+        Checkpoints per call of the forward pass (their float64 logits are held together: about 12 MB per
         checkpoint at p = 113, plus the work memory of :func:`logit_ablations`).
     all_freqs : bool
         Also the excluded loss for every frequency and its maximum (see :func:`logit_ablations`).
@@ -885,8 +884,8 @@ def ablation_losses(
     parts: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for sub in iter_checkpoint_chunks(ds, chunk):
-            w = checkpoint_weights(sub)
-            # float32 pass, the same as grid_activations; the '=' class is dropped
+            w = checkpoint_weights(sub, dtype=torch.float64)
+            # float64 pass, the same as grid_activations; the '=' class is dropped
             logits = grid_forward({**w, "W_U": w["W_U"][..., :p]}, p).logits  # (C, p*p, p)
             del w
             for name, arr in _measures(logits, masks, ks, all_freqs=all_freqs).items():

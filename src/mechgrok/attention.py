@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from mechgrok.activations import grid_activations, iter_checkpoint_chunks, model_p
+from mechgrok.activations import select_checkpoints, grid_activations, iter_checkpoint_chunks, model_p
 from mechgrok.fourier import check_odd_p, grid_p
 
 __all__ = ["attention_fit", "attention_fit_from_pattern"]
@@ -57,6 +57,9 @@ def attention_fit_from_pattern(attn_to_a: xr.DataArray) -> xr.Dataset:
     y = np.asarray(attn_to_a.transpose(*need).values, dtype=np.float64)
     mean = y.mean(axis=(-2, -1))
     total = ((y - mean[..., None, None]) ** 2).sum(axis=(-2, -1))
+    # constant attention: an RMS deviation within 64 float64 ulps of the pattern's scale is rounding, not signal
+    noise = p**2 * (64 * np.finfo(np.float64).eps * np.abs(y).max(axis=(-2, -1))) ** 2
+    total = np.where(total > noise, total, 0.0)
     d = y.sum(axis=-1) - y.sum(axis=-2)  # (ck, head, x): sum_b y(x, b) - sum_a y(a, x)
     k = np.arange(1, K + 1)
     w = 2 * np.pi * k / p
@@ -126,8 +129,7 @@ def attention_fit(ds: xr.Dataset, *, checkpoints: slice | list | None = None, ch
         If p is missing or even, or the model is multi-layer.
     """
     check_odd_p(model_p(ds))
-    if checkpoints is not None:
-        ds = ds.isel(checkpoint=checkpoints)
+    ds = select_checkpoints(ds, checkpoints)
     parts = [
         attention_fit_from_pattern(grid_activations(sub, chunk=chunk, include=("attn",))["attn_to_a"])
         for sub in iter_checkpoint_chunks(ds, chunk)

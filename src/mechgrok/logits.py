@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from mechgrok.activations import grid_activations, iter_checkpoint_chunks, model_p
+from mechgrok.activations import select_checkpoints, grid_activations, iter_checkpoint_chunks, model_p
 from mechgrok.errors import AnalysisError
 from mechgrok.fourier import check_odd_p, grid_p
 
@@ -122,8 +122,7 @@ def logit_structure(
         bad = [k for k in key_freqs if not 1 <= k <= K]
         if bad:
             raise AnalysisError(f"key frequencies must lie in 1..{K}, got {bad}")
-    if checkpoints is not None:
-        ds = ds.isel(checkpoint=checkpoints)
+    ds = select_checkpoints(ds, checkpoints)
     parts = [
         cos_coefficients(grid_activations(sub, chunk=chunk, include=("logits",))["logits"])
         for sub in iter_checkpoint_chunks(ds, chunk)

@@ -13,12 +13,21 @@ __all__ = ["cross_entropy", "per_example_loss", "accuracy"]
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of each label under a float64 softmax, in nats.
+    """Negative log-likelihood of each label under a float64 softmax, in nats, exact for losses near 0.
+
+    With the gaps d_j = L_j - L_label and m = max_j d_j (>= 0), the loss is
+
+        m + log1p(sum_{j != label} exp(d_j - m) + expm1(-m)),
+
+    which equals log-sum-exp(L) - L_label. Unlike ``-log_softmax(L)[label]`` it never forms 1 + t for a tiny t
+    (a float64 log-softmax rounds t to multiples of 2.2e-16, i.e. a loss of 1e-10 to about 1e-6 relative): a
+    fit example's loss log1p(t) keeps full float64 precision (paper.md 2.3). Differentiable; the gradient is
+    softmax(L) - onehot(label) as usual.
 
     Parameters
     ----------
     logits : torch.Tensor
-        Shape (..., batch, n_classes), any float dtype; cast to float64 before the log-softmax.
+        Shape (..., batch, n_classes), any float dtype; cast to float64 first.
     labels : torch.Tensor
         int64, shape (batch,) or broadcastable to ``logits.shape[:-1]``.
 
@@ -26,10 +35,21 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     -------
     torch.Tensor
         float64, shape ``logits.shape[:-1]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> L = torch.tensor([[30.0, 0.0, 0.0]], dtype=torch.float64)
+    >>> float(per_example_loss(L, torch.tensor([0])))  # log1p(2 e^-30), to the last digit
+    1.8715245937678598e-13
     """
-    logp = logits.to(torch.float64).log_softmax(dim=-1)
-    labels = labels.expand(logp.shape[:-1])
-    return -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    L = logits.to(torch.float64)
+    labels = labels.expand(L.shape[:-1]).unsqueeze(-1)
+    d = L - L.gather(-1, labels)  # gaps to the label's logit; 0 at the label
+    m = d.amax(-1, keepdim=True).detach()  # >= 0; a shift, so its gradient is not needed
+    e = torch.exp(d - m)
+    e = e.scatter(-1, labels, torch.zeros_like(labels, dtype=e.dtype))  # drop the label's own term
+    return (m + torch.log1p(e.sum(-1, keepdim=True) + torch.expm1(-m))).squeeze(-1)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from mechgrok.activations import grid_activations, iter_checkpoint_chunks, model_p
+from mechgrok.activations import select_checkpoints, grid_activations, iter_checkpoint_chunks, model_p
 from mechgrok.errors import AnalysisError
 from mechgrok.fourier import check_odd_p, grid_p
 
@@ -131,8 +131,7 @@ def neuron_clusters(
     p = check_odd_p(model_p(ds))
     if not 0 < threshold <= 1:
         raise AnalysisError(f"the FVE threshold must lie in (0, 1], got {threshold}")
-    if checkpoints is not None:
-        ds = ds.isel(checkpoint=checkpoints)
+    ds = select_checkpoints(ds, checkpoints)
     fves = [
         frequency_fve(grid_activations(sub, chunk=chunk, include=("mlp_post",))["mlp_post"])
         for sub in iter_checkpoint_chunks(ds, chunk)

@@ -22,7 +22,9 @@ Algorithm (:func:`find_phases`), over the checkpoints t_0 < t_1 < ... < t_n (epo
    checkpoint (the run did not stop mid-cleanup). Otherwise those boundaries are reported as not found.
 
 The Dataset returned records each boundary, the criterion that placed it, the value of every measure at each
-point (start, the three boundaries, final) and a set of checks of the paper's phase signatures.
+point (start, the three boundaries, final) and a set of checks of the paper's phase signatures. A boundary
+whose neighbouring phases fail any of those checks is reported as found but not ``certain``, with the failed
+checks named (``failed_checks``).
 """
 
 from __future__ import annotations
@@ -50,8 +52,28 @@ _EVIDENCE = (
     "excluded_loss_full",
     "gini",
     "gini_rate",
+    "gini_rate_after",
     "sum_sq_weights_total",
 )
+
+#: The phase each signature check tests (``check_phase``); the checks bearing on a point are those of the
+#: phases it bounds.
+_CHECK_PHASE = {
+    "memorisation: train accuracy reaches the threshold": "memorisation",
+    "memorisation: train loss falls": "memorisation",
+    "circuit formation: excluded loss rises": "circuit_formation",
+    "circuit formation: restricted loss falls": "circuit_formation",
+    "cleanup: test loss falls": "cleanup",
+    "cleanup: Gini rises": "cleanup",
+    "cleanup: sum of squared weights falls": "cleanup",
+    "restricted loss falls ten-fold before the test loss": "circuit_formation",
+}
+#: The points bounding each phase whose signatures are checked (start, end).
+_PHASE_BOUNDS = {
+    "memorisation": ("start", "memorisation_end"),
+    "circuit_formation": ("memorisation_end", "circuit_formation_end"),
+    "cleanup": ("circuit_formation_end", "cleanup_end"),
+}
 
 
 def _need(measures: xr.Dataset, names: Sequence[str]) -> None:
@@ -116,12 +138,24 @@ def find_phases(
         ``measure_at`` (point, measure) float64
             ``loss_train``, ``loss_test``, ``restricted_loss`` and ``excluded_loss_full`` (nats), ``acc_train``,
             ``acc_test`` (fractions), ``gini`` (G), ``gini_rate`` (dG/dt per epoch on the interval ending at the
-            point) and ``sum_sq_weights_total`` at each point; NaN where not found or not measured.
+            point), ``gini_rate_after`` (dG/dt on the interval starting at the point) and ``sum_sq_weights_total``
+            at each point; NaN where not found or not measured. The rates quoted in the criteria of
+            ``circuit_formation_end`` and ``cleanup_end`` are these same numbers (the window's first interval is
+            ``gini_rate_after`` of ``circuit_formation_end``, its last ``gini_rate`` of ``cleanup_end``).
         ``tenfold_drop_epoch`` (loss) int64
             For ``restricted_loss`` and ``loss_test``: first epoch after memorisation at which each has fallen
             ten-fold from its maximum after memorisation (-1 if never).
         ``signature`` (check) bool
-            The paper's phase signatures checked on this run (see the ``check`` labels).
+            The paper's phase signatures checked on this run (see the ``check`` labels; coord ``check_phase``
+            names the phase each tests). False where it could not be evaluated.
+        ``check_applies`` (point, check) bool
+            The check bears on the point: it tests a phase the point bounds, and both ends of that phase were
+            found. None bears on ``start`` and ``final``.
+        ``failed_checks`` (point) str
+            The checks bearing on the point that failed, joined by "; "; "" if none.
+        ``certain`` (point) bool
+            ``found`` and no check bearing on the point failed. A point found by the rule whose phases lack the
+            paper's signatures is found but uncertain.
 
         attrs: ``algorithm`` (this rule in words), the thresholds, ``gini_vars``.
 
@@ -195,7 +229,7 @@ def find_phases(
                 hi += 1
             i_start, i_end = i_mem + lo, i_mem + hi + 1  # window = [epochs[i_start], epochs[i_end]]
             window = (
-                f"Gini rate >= {rate_fraction} x its maximum {r_max:.3g}/epoch (at epochs {epochs[i_mem + j_max]}"
+                f"Gini rate >= {rate_fraction} x its maximum {r_max:.6g}/epoch (at epochs {epochs[i_mem + j_max]}"
                 f"-{epochs[i_mem + j_max + 1]}) on epochs {epochs[i_start]}-{epochs[i_end]}"
             )
             drop = loss_test[i_mem] / loss_test[i_end] if loss_test[i_end] > 0 else np.inf
@@ -210,8 +244,17 @@ def find_phases(
                 )
             else:
                 idx["circuit_formation_end"], idx["cleanup_end"] = i_start, i_end
-                crit["circuit_formation_end"] = f"start of the fast Gini rise: {window}"
-                crit["cleanup_end"] = f"end of the fast Gini rise: {window}; test loss fell {drop:.3g}-fold since memorisation"
+                # The rates quoted are rate[...] itself, the numbers measure_at reports as gini_rate (interval
+                # ending at the point) and gini_rate_after (interval starting at it).
+                crit["circuit_formation_end"] = (
+                    f"start of the fast Gini rise: {window}; dG/dt {rate[i_start + 1]:.6g}/epoch on the window's first "
+                    f"interval (gini_rate_after), {rate[i_start]:.6g}/epoch on the interval ending here (gini_rate)"
+                )
+                crit["cleanup_end"] = (
+                    f"end of the fast Gini rise: {window}; dG/dt {rate[i_end]:.6g}/epoch on the window's last interval "
+                    f"(gini_rate), {rate[i_end + 1]:.6g}/epoch after it (gini_rate_after); test loss fell {drop:.3g}-fold "
+                    "since memorisation"
+                )
 
     # evidence at each point
     ev_cols = {
@@ -223,6 +266,7 @@ def find_phases(
         "excluded_loss_full": excluded,
         "gini": G,
         "gini_rate": rate,
+        "gini_rate_after": np.append(rate[1:], np.nan),
         "sum_sq_weights_total": col("sum_sq_weights_total") if "sum_sq_weights_total" in measures else np.full(n, np.nan),
     }
     measure_at = np.full((len(POINTS), len(_EVIDENCE)), np.nan)
@@ -244,6 +288,7 @@ def find_phases(
         "loss_test": _first_drop(loss_test, epochs, i_mem, 10.0) if i_mem is not None else None,
     }
     checks = _signatures(idx, ev_cols, drops, train_acc_threshold)
+    applies, failed, certain = _point_checks(idx, checks)
 
     attrs: dict[str, Any] = {
         "title": "mechgrok phases of grokking",
@@ -277,12 +322,28 @@ def find_phases(
                 {"units": "epochs", "description": "first epoch after memorisation with the loss ten-fold below its post-memorisation maximum"},
             ),
             "signature": (("check",), np.array(list(checks.values()), dtype=bool)),
+            "check_applies": (
+                ("point", "check"),
+                applies,
+                {"description": "the check tests a phase bounded by the point, and both ends of that phase were found"},
+            ),
+            "failed_checks": (
+                ("point",),
+                np.array(["; ".join(f) for f in failed], dtype=object),
+                {"description": "the signature checks bearing on the point that failed, '; '-separated; '' if none"},
+            ),
+            "certain": (
+                ("point",),
+                certain,
+                {"description": "found, and every signature check of the phases the point bounds passed"},
+            ),
         },
         coords={
             "point": np.array(POINTS, dtype=object),
             "measure": np.array(_EVIDENCE, dtype=object),
             "loss": np.array(list(drops), dtype=object),
             "check": np.array(list(checks), dtype=object),
+            "check_phase": (("check",), np.array([_CHECK_PHASE[k] for k in checks], dtype=object)),
         },
         attrs=attrs,
     )
@@ -315,6 +376,30 @@ def _signatures(
     r, t = drops["restricted_loss"], drops["loss_test"]
     out["restricted loss falls ten-fold before the test loss"] = r is not None and (t is None or r < t)
     return out
+
+
+def _point_checks(
+    idx: dict[str, int | None], checks: dict[str, bool]
+) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+    """Which checks bear on each point, which of those failed, and whether the point is certain.
+
+    A check bears on a point when the point bounds the check's phase and both ends of that phase were found (a
+    check that could not be evaluated because a later boundary is missing does not make a point uncertain;
+    the missing boundary is reported as not found). ``start`` and ``final`` are the first and last checkpoints,
+    placed by no rule, so no check bears on them.
+    """
+    names = list(checks)
+    applies = np.zeros((len(POINTS), len(names)), dtype=bool)
+    for ci, name in enumerate(names):
+        lo, hi = _PHASE_BOUNDS[_CHECK_PHASE[name]]
+        if idx[lo] is None or idx[hi] is None:
+            continue
+        for pt in (lo, hi):
+            if pt not in ("start", "final"):
+                applies[POINTS.index(pt), ci] = True
+    failed = [[n for ci, n in enumerate(names) if applies[pi, ci] and not checks[n]] for pi in range(len(POINTS))]
+    certain = np.array([idx[pt] is not None and not failed[pi] for pi, pt in enumerate(POINTS)], dtype=bool)
+    return applies, failed, certain
 
 
 def phase_labels(phases: xr.Dataset, checkpoint: xr.DataArray | Sequence[int]) -> xr.DataArray:

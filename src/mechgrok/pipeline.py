@@ -111,7 +111,7 @@ def analyze(
     analyses : sequence of str, optional
         Subset of :data:`ANALYSES` (their dependencies are added). Default: all but ``llc``.
     chunk : int
-        Checkpoints per batched forward pass (memory per chunk at p = 113 and the paper's widths: ~60 MB).
+        Checkpoints per batched float64 forward pass (memory at p = 113 and the paper's widths: about 70 MB per checkpoint of the chunk).
     llc : bool
         Also estimate the local learning coefficient (:mod:`mechgrok.llc`).
     llc_every : int
@@ -410,7 +410,8 @@ def summarise(tree: xr.DataTree) -> dict[str, Any]:
     ``clusters`` (size per frequency and unexplained, share of neurons above the FVE threshold, at the reference),
     ``losses`` (final and reference: loss, accuracy, restricted and excluded losses; nats), ``logit_structure``
     (fraction of logit variance the key frequencies explain), ``heads`` (frequency and FVE per head), ``phases``
-    (epochs with criteria), ``weights`` (sum of squared weights, Gini) and ``llc`` where run.
+    (per point: epoch, found, ``certain`` and the names of the ``failed_checks`` of the paper's phase signatures
+    bearing on it, criterion), ``weights`` (sum of squared weights, Gini) and ``llc`` where run.
     """
     root = tree.to_dataset(inherit=False)
     ref = int(root.attrs["reference_checkpoint"])
@@ -479,11 +480,7 @@ def summarise(tree: xr.DataTree) -> dict[str, Any]:
         ]
     if "phases" in children:
         ph = children["phases"]
-        out["phases"] = {
-            str(pt): {"epoch": int(ph["epoch_at"].sel(point=pt)), "found": bool(ph["found"].sel(point=pt)),
-                      "criterion": str(ph["criterion"].sel(point=pt).values)}
-            for pt in ph["point"].values
-        }
+        out["phases"] = {str(pt): _phase_point(ph, pt) for pt in ph["point"].values}
         out["phases_algorithm"] = ph.attrs.get("algorithm")
     if "measures" in children:
         me = children["measures"]
@@ -505,6 +502,35 @@ def summarise(tree: xr.DataTree) -> dict[str, Any]:
     return _json_safe(out)
 
 
+def _phase_point(ph: xr.Dataset, pt: Any) -> dict[str, Any]:
+    """One point of the phases Dataset for report.json; ``certain`` is None for analyses written before it existed."""
+    row = ph.sel(point=pt)
+    failed = str(row["failed_checks"].values) if "failed_checks" in ph else ""
+    return {
+        "epoch": int(row["epoch_at"]),
+        "found": bool(row["found"]),
+        "certain": bool(row["certain"]) if "certain" in ph else None,
+        "failed_checks": [f for f in failed.split("; ") if f],
+        "criterion": str(row["criterion"].values),
+    }
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _phase_epoch(v: dict[str, Any]) -> str:
+    """The epoch cell of the phases table: 'not found', the epoch, or the epoch marked uncertain."""
+    if not v["found"]:
+        return "not found"
+    failed = v.get("failed_checks") or []
+    if failed:
+        return f"{v['epoch']} (uncertain: {'check' if len(failed) == 1 else 'checks'} {', '.join(failed)} failed)"
+    if v.get("certain") is False:
+        return f"{v['epoch']} (uncertain)"
+    return str(v["epoch"])
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "n/a"
@@ -515,7 +541,7 @@ def _fmt(v: Any) -> str:
 
 def report_markdown(summary: dict[str, Any], *, title: str = "mechgrok report") -> str:
     """``report.md`` from :func:`summarise`'s dict."""
-    lines = [f"# {title}", "", f"p = {summary['p']}, {summary['n_checkpoints']} checkpoints, reference checkpoint "
+    lines = [f"# {title}", "", f"p = {summary['p']}, {_plural(summary['n_checkpoints'], 'checkpoint')}, reference checkpoint "
              f"epoch {summary['reference_checkpoint']}, mechgrok {summary.get('mechgrok_version')}.", ""]
     for name, why in summary.get("skipped", {}).items():
         lines += [f"Skipped {name}: {why}.", ""]
@@ -538,9 +564,16 @@ def report_markdown(summary: dict[str, Any], *, title: str = "mechgrok report") 
         lines.append("")
     ls = summary.get("losses")
     if ls:
-        lines += ["## Losses (nats)", "", "| measure | reference | final |", "|---|---|---|"]
-        for name in ls["final"]:
-            lines.append(f"| {name} | {_fmt(ls['reference'][name])} | {_fmt(ls['final'][name])} |")
+        last = ls.get("final_checkpoint")
+        if last is not None and int(last) == int(summary["reference_checkpoint"]):  # one column: they are the same
+            lines += ["## Losses (nats)", "", f"| measure | final (= reference, epoch {last}) |", "|---|---|"]
+            lines += [f"| {name} | {_fmt(v)} |" for name, v in ls["final"].items()]
+        else:
+            lines += ["## Losses (nats)", "",
+                      f"| measure | reference (epoch {summary['reference_checkpoint']}) | final (epoch {last}) |",
+                      "|---|---|---|"]
+            for name in ls["final"]:
+                lines.append(f"| {name} | {_fmt(ls['reference'][name])} | {_fmt(ls['final'][name])} |")
         lines += ["", "Excluded loss per key frequency (train split, final checkpoint): "
                   + ", ".join(f"{k}: {_fmt(v)}" for k, v in ls["excluded_loss_per_key_freq_final"].items()), ""]
     lg = summary.get("logit_structure")
@@ -555,7 +588,7 @@ def report_markdown(summary: dict[str, Any], *, title: str = "mechgrok report") 
     ph = summary.get("phases")
     if ph:
         lines += ["## Phases", "", "| point | epoch | criterion |", "|---|---|---|"]
-        lines += [f"| {k} | {v['epoch'] if v['found'] else 'not found'} | {v['criterion']} |" for k, v in ph.items()]
+        lines += [f"| {k} | {_phase_epoch(v)} | {v['criterion']} |" for k, v in ph.items()]
         lines += ["", f"Algorithm: {summary.get('phases_algorithm')}", ""]
     w = summary.get("weights")
     if w:

@@ -61,8 +61,8 @@ def progress_measures(
 
     Paper section 5.1 and Fig. 7 (paper.md 3.7-3.10, 3.13). The values equal those of
     :func:`mechgrok.ablation.ablation_losses` (losses), :func:`mechgrok.measures.weight_measures` and
-    :func:`mechgrok.fourier_norms.fourier_norms`, except that the logits come from a float64 forward pass
-    rather than a float32 one (differences up to ~1e-6 relative in the smallest losses of large-logit models).
+    :func:`mechgrok.fourier_norms.fourier_norms`: every one of them runs the same float64 forward pass
+    (:func:`mechgrok.model.grid_forward`), so the losses agree to rounding (~1e-12 relative).
 
     Parameters
     ----------
@@ -156,7 +156,7 @@ def progress_measures(
     sum_sq: list[np.ndarray] = []
     with _workers(workers) as run:
         for sub in iter_checkpoint_chunks(ds, chunk):
-            w = checkpoint_weights(sub)  # float32, (C, ...); raises for a missing weight
+            w = checkpoint_weights(sub)  # as stored (float32), (C, ...); the pass below is float64; raises for a missing weight
             n_ck = sub.sizes["checkpoint"]
             rows += run(checkpoint_losses, [({k: v[c : c + 1] for k, v in w.items()},) for c in range(n_ck)])
             sq, comps = weight_only(w, n_ck)
