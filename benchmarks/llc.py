@@ -2,10 +2,10 @@
 
 Both sample the same checkpoint of ``fixtures/quick-run`` with SGLD (full batch, then minibatches of 128 with
 nbeta = m / ln m), the same step size, localisation, inverse temperature, chains, burn-in and draws, and the same
-float64 training loss of the same model (``mechgrok.model.Transformer``). devinterp (1.x API) runs its chains one
+float64 training loss of the same model (``mechgrok.models.transformer.Transformer``). devinterp (1.x API) runs its chains one
 after another through the ``nn.Module``, autograd and its SGLD optimizer; mechgrok runs them as one batched
-computation with a hand-written backward pass (``mechgrok.loss_gradient``). mechgrok with autograd through
-``mechgrok.model.forward`` (``gradient="autograd"``) is also timed, to separate batching from the hand-written
+computation with a hand-written backward pass (``mechgrok.analyses.modular.loss_gradient``). mechgrok with autograd through
+``mechgrok.models.transformer.forward`` (``gradient="autograd"``) is also timed, to separate batching from the hand-written
 gradient. The estimates are printed beside the times: they must agree within their spread for the timing to mean
 anything. Each estimator runs ``--repeats`` times, interleaved with the others, and the fastest run counts (the
 median is printed beside it), so that a noisy neighbour on a shared machine does not decide the ratio.
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mechgrok.activations import checkpoint_weights
+from mechgrok.engine import checkpoint_weights
 from mechgrok.config import Config
-from mechgrok.llc import _train_loss_for, default_nbeta, llc_trajectory
-from mechgrok.loss import cross_entropy
-from mechgrok.model import Transformer
+from mechgrok.analyses.llc import _train_loss_for, default_nbeta, llc_trajectory
+from mechgrok.tasks.loss import cross_entropy
+from mechgrok.models.transformer import Transformer
 from mechgrok.store import open_run
 
 RUN = Path(__file__).resolve().parents[1] / "fixtures" / "quick-run"

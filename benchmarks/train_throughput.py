@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from mechgrok.config import preset
-from mechgrok.data import grid_labels, grid_tokens, split_indices
-from mechgrok.loss import accuracy, cross_entropy
-from mechgrok.model import init_params
+from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens, split_indices
+from mechgrok.tasks.loss import accuracy, cross_entropy
+from mechgrok.models.transformer import init_params
 from mechgrok.train import train
 
 

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.main import app, err, fail, out, run_guarded
+from cli.app import app, err, fail, out, run_guarded
+from cli.outputs import default_out_dir, run_analysis, write_analysis_outputs
 
 
 def _is_analysis_store(path: Path) -> bool:
@@ -38,31 +39,28 @@ def figures(
     Uses RUN_DIR/analysis.zarr when it exists; otherwise runs `mechgrok analyze RUN_DIR` first (which writes
     analysis.zarr, report.md and report.json there).
     """
-    from mechgrok.errors import MechgrokError
+    import mechgrok
     from mechgrok.figures.pack import write_figure_pack
-    from mechgrok.pipeline import open_analysis
-    from mechgrok.store import open_run
 
     if not run_dir.exists():
         fail(f"{run_dir}: no such file or directory")
+    trajectory = None
     if _is_analysis_store(run_dir):
         store, base = run_dir, run_dir.parent
     else:
-        base = run_dir if run_dir.is_dir() and not run_dir.name.endswith(".zarr") else run_dir.with_suffix("")
+        base = default_out_dir(run_dir)
         store = base / "analysis.zarr"
         if not store.exists():
-            from cli.analyze import analyze as analyze_command
-
+            # what `mechgrok analyze RUN_DIR` does with its defaults (all analyses but llc, progress bar)
             out.print(f"no [bold]{store}[/]: running the analysis first", highlight=False)
-            analyze_command(run_dir, out_dir=base, reference=None, checkpoints=None, only=None, chunk=8, llc=False,
-                            llc_every=10, figures=False, fmt=None, trust_checkpoint=False, seed=None, frac_train=None,
-                            quiet=False)
-    tree = run_guarded(open_analysis, store)
-    trajectory = None
-    if not _is_analysis_store(run_dir):
+            trajectory = run_guarded(mechgrok.open_run, run_dir)
+            write_analysis_outputs(run_analysis(trajectory), base, title=f"mechgrok report: {run_dir}")
+            out.print(f"wrote [bold]{store}[/], [bold]{base / 'report.md'}[/], [bold]{base / 'report.json'}[/]")
+    tree = run_guarded(mechgrok.open_analysis, store)
+    if trajectory is None and not _is_analysis_store(run_dir):
         try:
-            trajectory = open_run(run_dir)
-        except MechgrokError as e:
+            trajectory = mechgrok.open_run(run_dir)
+        except mechgrok.MechgrokError as e:
             err.print(f"[yellow]note:[/] loss curves from the analysis checkpoints (cannot open the run: {e})",
                       highlight=False, soft_wrap=True)
     target = out_dir or (base / "figures")

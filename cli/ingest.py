@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.main import app, out, run_guarded
+from cli.app import app, out, run_guarded
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.main import app, fail, out, run_guarded
+from cli.app import app, fail, out, run_guarded
 
 
 @app.command()

@@ -57,7 +57,7 @@ frequency set; e.g. the loss on all pairs is 9e-4 for p = 23, K = {3, 7}, 1e-3 f
 ``-2 |K| scale`` (below every residue class).
 
 Trajectory. ``mix`` gives one checkpoint per value m: weights m * planted + (1 - m) * random, where the random
-model is the paper's initialisation (:func:`mechgrok.model.init_params`, seed ``seed``). The default is a single
+model is the paper's initialisation (:func:`mechgrok.models.transformer.init_params`, seed ``seed``). The default is a single
 checkpoint with m = 1, i.e. exactly the planted model. ``train_loss``/``test_loss``/``train_acc``/``test_acc``
 curves at the checkpoint epochs are computed from the weights (float64 over the p non-``=`` classes) on the
 paper's split (``frac_train``, ``seed``).
@@ -75,9 +75,9 @@ import xarray as xr
 
 from mechgrok.config import Config
 from mechgrok.errors import ConfigError
-from mechgrok.data import grid_labels, grid_tokens, split_indices, train_mask
-from mechgrok.loss import accuracy, cross_entropy
-from mechgrok.model import forward, init_params
+from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens, split_indices, train_mask
+from mechgrok.tasks.loss import accuracy, cross_entropy
+from mechgrok.models.transformer import forward, init_params
 from mechgrok.store.schema import build_dataset
 
 __all__ = ["planted_weights", "planted_trajectory", "random_trajectory"]

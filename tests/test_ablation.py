@@ -1,4 +1,4 @@
-"""Fourier-space ablations (mechgrok.ablation) against dense references, a planted model and a released model."""
+"""Fourier-space ablations (mechgrok.analyses.modular.ablation) against dense references, a planted model and a released model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import xarray as xr
 
-from mechgrok.ablation import (
+from mechgrok.analyses.modular.ablation import (
     ablation_losses,
     block3x3_logits,
     check_key_freqs,
@@ -18,11 +18,11 @@ from mechgrok.ablation import (
     restricted_logits,
     sum_projection,
 )
-from mechgrok.activations import grid_activations
+from mechgrok.analyses.modular.grid import grid_activations
 from mechgrok.config import Config
-from mechgrok.data import split_indices, train_mask
+from mechgrok.tasks.modular_arithmetic import split_indices, train_mask
 from mechgrok.errors import AnalysisError
-from mechgrok.model import init_params
+from mechgrok.models.transformer import init_params
 from mechgrok.store.schema import build_dataset
 
 from dense import dense_basis
@@ -153,7 +153,7 @@ def small_case():
 def test_logit_ablations_match_dense_reference(small_case):
     L, is_train = small_case
     p = P_SMALL
-    ds = logit_ablations(logits_da(L), is_train=is_train, key_freqs=[5, 2], all_freqs=True, chunk=2)
+    ds = logit_ablations(logits_da(L), is_train=is_train, key_freqs=[5, 2], all_freqs=True)
     assert ds.attrs["key_freqs"] == [2, 5]
     assert list(ds["key_freq"].values) == [2, 5]
     assert list(ds["checkpoint"].values) == [0, 10, 20]
@@ -265,7 +265,7 @@ def test_ablation_losses_equals_logit_ablations_and_dense():
     np.testing.assert_array_equal(out["checkpoint"].values, [0, 7, 20, 50, 90])
     assert out["checkpoint"].attrs.get("units") == "epochs"
     logits = grid_activations(ds, include=("logits",))["logits"]
-    ref = logit_ablations(logits, is_train=ds["is_train"], key_freqs=[1, 4], chunk=5)
+    ref = logit_ablations(logits, is_train=ds["is_train"], key_freqs=[1, 4])
     for name in ref.data_vars:
         np.testing.assert_allclose(out[name].values, ref[name].values, rtol=1e-12, err_msg=name)
     dense = dense_measures(logits.values[3], p, ds["is_train"].values, [1, 4])
@@ -273,7 +273,7 @@ def test_ablation_losses_equals_logit_ablations_and_dense():
     for name, want in dense.items():
         assert got[name] == pytest.approx(want, rel=1e-9), name
     # a selection of checkpoints
-    sub = ablation_losses(ds, key_freqs=[1, 4], checkpoints=slice(1, 3))
+    sub = ablation_losses(ds.isel(checkpoint=slice(1, 3)), key_freqs=[1, 4])
     np.testing.assert_array_equal(sub["checkpoint"].values, [7, 20])
     np.testing.assert_allclose(sub["loss_all"].values, out["loss_all"].values[1:3], rtol=1e-12)
 

@@ -1,11 +1,11 @@
-"""Grid activations (mechgrok.activations) against a plain numpy forward pass, one example at a time."""
+"""Grid activations (mechgrok.analyses.modular.grid) against a plain numpy forward pass, one example at a time."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mechgrok.activations import grid_activations
+from mechgrok.analyses.modular.grid import grid_activations
 from mechgrok.errors import AnalysisError
 from planted import random_trajectory
 
@@ -74,7 +74,7 @@ def test_chunking_and_selection_do_not_change_results(traj):
     one = grid_activations(traj, chunk=1, include=("logits", "mlp_post"))
     # the same numbers up to float32 rounding (BLAS batches differ)
     np.testing.assert_allclose(full["logits"].values, one["logits"].values, rtol=1e-5, atol=1e-6)
-    sel = grid_activations(traj, checkpoints=[2, 0], include=("mlp_post",))
+    sel = grid_activations(traj.isel(checkpoint=[2, 0]), include=("mlp_post",))
     np.testing.assert_array_equal(sel["checkpoint"].values, traj["checkpoint"].values[[2, 0]])
     np.testing.assert_allclose(sel["mlp_post"].values, full["mlp_post"].values[[2, 0]], rtol=1e-5, atol=1e-6)
     assert set(sel.data_vars) == {"mlp_post"}

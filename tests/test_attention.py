@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mechgrok.activations import grid_activations
-from mechgrok.attention import attention_fit, attention_fit_from_pattern
+from mechgrok.analyses.modular.grid import grid_activations
+from mechgrok.analyses.modular.attention import attention_fit, attention_fit_from_pattern
 from mechgrok.errors import AnalysisError
 from mechgrok.store import open_run
 from nanda import load_nanda_model
@@ -99,7 +99,7 @@ def test_attention_fit_needs_odd_p():
 
 
 def test_quick_fixture_heads_use_key_frequencies():
-    out = attention_fit(open_run(FIXTURE), checkpoints=[-1]).isel(checkpoint=0)
+    out = attention_fit(open_run(FIXTURE).isel(checkpoint=[-1])).isel(checkpoint=0)
     assert set(out["head_freq"].values.tolist()) <= {9, 17, 25}
     assert out["head_fve"].values.min() > 0.9
     np.testing.assert_allclose(out["offset"].values, 0.5, atol=0.01)

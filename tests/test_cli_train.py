@@ -1,5 +1,7 @@
 """``mechgrok train`` errors: one red line, exit 2, no traceback."""
 
+import re
+
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -32,8 +34,17 @@ def test_existing_run_dir(tmp_path):
 
 
 def test_trains_with_progress_bar(tmp_path):
+    """Without --quiet the bar is drawn (on a non-terminal, once at the end): its label, the bar, the epochs done
+    of the total and the latest losses and accuracies; with --quiet none of it."""
     cfg = tmp_path / "c.json"
     cfg.write_text('{"p": 11, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 16, "num_epochs": 30, "checkpoint_every": 10, "frac_train": 0.5}')
     res = runner.invoke(app, ["train", str(tmp_path / "r"), "--config", str(cfg)])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r" / "checkpoints" / "epoch_000030.safetensors").is_file()
+    bar = [line for line in res.output.splitlines() if "30/30" in line]
+    assert len(bar) == 1, res.output
+    assert re.search(r"^train \S*━+\S* 30/30 train \d\S* / test \d\S*\s+acc \d\.\d{3} / \d\.\d{3}", bar[0]), bar[0]
+    quiet = runner.invoke(app, ["train", str(tmp_path / "q"), "--config", str(cfg), "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "━" not in quiet.output and "30/30" not in quiet.output and "acc" not in quiet.output
+    assert "wrote" in quiet.output

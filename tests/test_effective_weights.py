@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mechgrok.data import grid_tokens
-from mechgrok.effective_weights import effective_weights
+from mechgrok.tasks.modular_arithmetic import grid_tokens
+from mechgrok.analyses.modular.effective_weights import effective_weights
 from mechgrok.errors import AnalysisError
-from mechgrok.model import forward
+from mechgrok.models.transformer import forward
 from planted import random_trajectory
 
 P = 7

@@ -21,13 +21,16 @@ import pytest
 import xarray as xr
 
 import mechgrok
-from mechgrok.pipeline import summarise
+from mechgrok.report import summarise
 
 from nanda import load_nanda_model
 import test_ablation
 from test_ablation import dense_measures
 
 REL = 1e-9
+
+#: test_ablation's plain-loop loss and accuracy, taken before the fixture below swaps in the vectorised one.
+_LOOP_LOSS_ACC = test_ablation.dense_loss_acc
 
 
 def numpy_forward(ds: xr.Dataset, i: int) -> np.ndarray:
@@ -74,13 +77,15 @@ def _vectorised_reference(monkeypatch):
 def test_vectorised_reference_equals_loop():
     rng = np.random.default_rng(0)
     L = rng.normal(scale=20.0, size=(49, 7))
+    L[5, 2] = 800.0  # row (a, b) = (0, 5), label 5: a wrong class 800 nats up takes the loop's other branch
+    L[12, (1 + 5) % 7] = 60.0  # row (1, 5): a confident right answer, loss ~ e^-40
     mask = rng.random((7, 7)) < 0.5
-    loop = test_ablation.__dict__["dense_loss_acc"]  # patched: compare with the module's original below
-    from importlib import reload
-
-    orig = reload(test_ablation).dense_loss_acc
-    assert vector_loss_acc(L, 7, mask) == pytest.approx(orig(L, 7, mask), rel=1e-13)
-    assert loop is vector_loss_acc
+    mask[0, 5] = mask[1, 5] = True
+    loss, acc = vector_loss_acc(L, 7, mask)
+    ref_loss, ref_acc = _LOOP_LOSS_ACC(L, 7, mask)
+    assert loss == pytest.approx(ref_loss, rel=1e-13)
+    assert acc == ref_acc and 0 < acc < 1
+    assert ref_loss > 800 / mask.sum()  # the 800-nat row is in the mean
 
 
 def check_against_dense(ds: xr.Dataset) -> None:
@@ -120,12 +125,15 @@ def test_float32_forward_is_measurably_off():
     ds = load_nanda_model("mod_addition_no_wd.pth")
     import torch
 
-    from mechgrok.ablation import logit_ablations
-    from mechgrok.activations import grid_activations
+    from mechgrok.analyses.modular.ablation import logit_ablations
+    from mechgrok.analyses.modular.grid import grid_forward
+    from mechgrok.engine import checkpoint_weights
 
     p = int(ds.attrs["p"])
     ref = dense_measures(numpy_forward(ds, 0), p, ds["is_train"].values, [14])
-    lg = grid_activations(ds, include=("logits",), dtype=torch.float32)["logits"]
+    w = checkpoint_weights(ds.isel(checkpoint=[0]), dtype=torch.float32)
+    out = grid_forward({**w, "W_U": w["W_U"][..., :p]}, p).logits.reshape(1, p, p, p)
+    lg = xr.DataArray(out.numpy(), dims=("checkpoint", "a", "b", "c"), coords={"checkpoint": ds["checkpoint"].values[:1]})
     got = logit_ablations(lg, is_train=ds["is_train"], key_freqs=[14])
     rel = abs(float(got["loss_train"][0]) - ref["loss_train"]) / ref["loss_train"]
     assert rel > REL

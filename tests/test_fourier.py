@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 
 from mechgrok.errors import AnalysisError
-from mechgrok.fourier import fft1d, fft2d, fourier_basis, fourier_labels, freq_of_component
-from mechgrok.fourier_norms import fourier_norms, per_frequency
+from mechgrok.analyses.modular.fourier import fft1d, fft2d, fourier_basis, fourier_labels, freq_of_component
+from mechgrok.analyses.modular.fourier_norms import fourier_norms, per_frequency
 from nanda import load_nanda_model
 from planted import planted_trajectory, random_trajectory
 from dense import dense_basis

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from mechgrok.errors import AnalysisError
-from mechgrok.fourier_norms import fourier_norms
-from mechgrok.key_frequencies import key_frequencies
-from mechgrok.neurons import neuron_clusters
+from mechgrok.analyses.modular.fourier_norms import fourier_norms
+from mechgrok.analyses.modular.key_frequencies import key_frequencies
+from mechgrok.analyses.modular.neurons import neuron_clusters
 from mechgrok.store import open_run
 from nanda import load_nanda_model
 from planted import planted_trajectory

@@ -1,4 +1,4 @@
-"""The local learning coefficient (mechgrok.llc) and its batched SGLD sampler (mechgrok.sgld).
+"""The local learning coefficient (mechgrok.analyses.llc) and its batched SGLD sampler (mechgrok.analyses.sgld).
 
 Known answers: linear regression (a regular model, LLC = d/2), a quartic singular model (LLC = d/4), Gaussian
 posteriors whose localisation and weight-decay terms have closed forms; a step-by-step numpy reference of the
@@ -19,7 +19,7 @@ import xarray as xr
 
 from mechgrok.config import Config
 from mechgrok.errors import AnalysisError
-from mechgrok.llc import (
+from mechgrok.analyses.llc import (
     TrainLoss,
     calibrate_llc,
     default_nbeta,
@@ -28,8 +28,8 @@ from mechgrok.llc import (
     recommend_settings,
     sweep_llc,
 )
-from mechgrok.model import forward, init_params
-from mechgrok.sgld import chain_seeds, sgld_sample
+from mechgrok.models.transformer import forward, init_params
+from mechgrok.analyses.sgld import chain_seeds, sgld_sample
 from mechgrok.store import open_run
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "quick-run"
@@ -281,7 +281,7 @@ def test_recommendation_rule_on_planted_sweeps():
 # The paper's transformer
 # ---------------------------------------------------------------------------------------------------------------
 def test_hand_written_and_autograd_gradients_agree():
-    """TrainLoss.gradient with gradient="manual" (mechgrok.loss_gradient) and "autograd" (model.forward): the same
+    """TrainLoss.gradient with gradient="manual" (mechgrok.analyses.modular.loss_gradient) and "autograd" (model.forward): the same
     loss and gradient, full batch and per-chain minibatches; and the same SGLD chains from either."""
     cfg = Config(p=11, frac_train=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=24)
     gen = torch.Generator().manual_seed(0)
@@ -395,10 +395,10 @@ def test_agrees_with_devinterp(quick_run):
                     "(estimate_learning_coeff_with_summary, optim.sgld.SGLD)")
     from torch.utils.data import DataLoader, TensorDataset
 
-    from mechgrok.activations import checkpoint_weights
-    from mechgrok.llc import _train_loss_for
-    from mechgrok.loss import cross_entropy
-    from mechgrok.model import Transformer
+    from mechgrok.engine import checkpoint_weights
+    from mechgrok.analyses.llc import _train_loss_for
+    from mechgrok.tasks.loss import cross_entropy
+    from mechgrok.models.transformer import Transformer
 
     epoch, eps, gamma, chains, burnin, draws = 3000, 3e-4, 100.0, 4, 50, 100
     cfg = Config.from_json(quick_run.attrs["config_json"])

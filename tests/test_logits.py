@@ -10,11 +10,11 @@ import pytest
 import torch
 import xarray as xr
 
-from mechgrok.activations import grid_activations
-from mechgrok.data import grid_labels
+from mechgrok.analyses.modular.grid import grid_activations
+from mechgrok.tasks.modular_arithmetic import grid_labels
 from mechgrok.errors import AnalysisError
-from mechgrok.logits import cos_coefficients, logit_structure
-from mechgrok.loss import accuracy, cross_entropy
+from mechgrok.analyses.modular.logits import cos_coefficients, logit_structure
+from mechgrok.tasks.loss import accuracy, cross_entropy
 from nanda import load_nanda_model
 from planted import planted_trajectory, random_trajectory
 

@@ -1,4 +1,4 @@
-"""The hand-written loss and gradient (mechgrok.loss_gradient) against autograd through mechgrok.model.forward.
+"""The hand-written loss and gradient (mechgrok.analyses.modular.loss_gradient) against autograd through mechgrok.models.transformer.forward.
 
 Float64 weights must give the float64 autograd value and gradient to rounding, for shared rows, per-chain rows
 and logits whose wrong classes beat the label by more than float32 exp can hold. Float32 weights at a grokked
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechgrok.activations import checkpoint_weights
+from mechgrok.engine import checkpoint_weights
 from mechgrok.config import Config
-from mechgrok.data import grid_labels, grid_tokens
+from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens
 from mechgrok.errors import AnalysisError
-from mechgrok.loss import per_example_loss
-from mechgrok.loss_gradient import LossGradient
-from mechgrok.model import forward, init_params
+from mechgrok.tasks.loss import per_example_loss
+from mechgrok.analyses.modular.loss_gradient import LossGradient
+from mechgrok.models.transformer import forward, init_params
 from mechgrok.store import open_run
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "quick-run"

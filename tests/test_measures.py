@@ -1,4 +1,4 @@
-"""Weight measures (mechgrok.measures): Gini coefficient and sum of squared weights."""
+"""Weight measures (mechgrok.analyses.measures): Gini coefficient and sum of squared weights."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import xarray as xr
 
 from mechgrok.config import Config
 from mechgrok.errors import AnalysisError
-from mechgrok.measures import fourier_gini, gini, sum_squared_weights, weight_measures
-from mechgrok.model import init_params
+from mechgrok.analyses.modular.fourier_gini import fourier_gini, weight_measures
+from mechgrok.analyses.measures import gini, sum_squared_weights
+from mechgrok.models.transformer import init_params
 from mechgrok.store.schema import build_dataset
 
 from planted import planted_trajectory

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mechgrok.config import Config, preset
-from mechgrok.data import grid_tokens
-from mechgrok.model import PARAM_KEYS, Transformer, forward, init_params, param_shapes
+from mechgrok.tasks.modular_arithmetic import grid_tokens
+from mechgrok.models.transformer import PARAM_KEYS, Transformer, forward, init_params, param_shapes
 
 
 def test_paper_parameter_count_and_shapes():
@@ -100,9 +100,23 @@ def test_forward_batched_over_checkpoints_equals_one_at_a_time(small):
 
 
 def test_module_forward_uses_its_parameters(small):
+    """The module's forward against the dense reference on its state dict, read by the PyTorch key names written
+    out here (not through the module's own name map), so a mis-mapped parameter (say W_Q read as W_K) fails."""
     cfg, _ = small
     model = Transformer(cfg)
+    with torch.no_grad():  # non-zero biases, so that b_in and b_out are checked too
+        model.state_dict()["blocks.0.mlp.b_in"].copy_(torch.randn(cfg.d_mlp, generator=torch.Generator().manual_seed(1)))
+        model.state_dict()["blocks.0.mlp.b_out"].copy_(torch.randn(cfg.d_model, generator=torch.Generator().manual_seed(2)))
+    sd = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    keys = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_Q": "blocks.0.attn.W_Q", "W_K": "blocks.0.attn.W_K",
+            "W_V": "blocks.0.attn.W_V", "W_O": "blocks.0.attn.W_O", "W_in": "blocks.0.mlp.W_in",
+            "b_in": "blocks.0.mlp.b_in", "W_out": "blocks.0.mlp.W_out", "b_out": "blocks.0.mlp.b_out",
+            "W_U": "unembed.W_U"}
     tokens = grid_tokens(cfg.p)
-    params = {name: p.detach() for name, p in model.params().items()}
-    torch.testing.assert_close(model(tokens).logits, forward(params, tokens).logits)
+    ref_logits, ref_pattern, ref_post = dense_reference({n: sd[k] for n, k in keys.items()}, tokens.numpy())
+    with torch.no_grad():
+        out = model(tokens, cache=True)
+    np.testing.assert_allclose(out.logits.double().numpy(), ref_logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.attn_pattern.double().numpy(), ref_pattern, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.mlp_post.double().numpy(), ref_post, rtol=1e-4, atol=1e-5)
     assert param_shapes(cfg)["W_O"] == (3, 4, 12)

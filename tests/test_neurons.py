@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mechgrok.activations import grid_activations
+from mechgrok.analyses.modular.grid import grid_activations
 from mechgrok.errors import AnalysisError
-from mechgrok.neurons import clusters_from_fve, frequency_fve, neuron_clusters
+from mechgrok.analyses.modular.neurons import clusters_from_fve, frequency_fve, neuron_clusters
 from mechgrok.store import open_run
 from nanda import load_nanda_model
 from planted import planted_trajectory, random_trajectory
@@ -99,7 +99,7 @@ def test_neuron_clusters_errors():
 
 def test_quick_fixture_clusters_grow_during_grokking():
     ds = open_run(FIXTURE)
-    out = neuron_clusters(ds, checkpoints=[10, 30, 60])  # epochs 500, 1500, 3000
+    out = neuron_clusters(ds.isel(checkpoint=[10, 30, 60]))  # epochs 500, 1500, 3000
     np.testing.assert_array_equal(out["checkpoint"].values, [500, 1500, 3000])
     frac = out["frac_above_threshold"].values
     assert frac[0] == 0.0 and frac[0] <= frac[1] < frac[2]

@@ -1,4 +1,4 @@
-"""Phases of grokking (mechgrok.phases): planted progress curves and the committed quick-preset run."""
+"""Phases of grokking (mechgrok.analyses.phases): planted progress curves and the committed quick-preset run."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mechgrok.ablation import ablation_losses
+from mechgrok.analyses.modular.ablation import ablation_losses
 from mechgrok.errors import AnalysisError
-from mechgrok.measures import weight_measures
-from mechgrok.phases import POINTS, find_phases, phase_labels
+from mechgrok.analyses.modular.fourier_gini import weight_measures
+from mechgrok.analyses.phases import POINTS, find_phases, phase_labels
 from mechgrok.store import open_run
 
 #: Key frequencies of the fixture run (neuron FVE clusters and W_E norms at its last checkpoint).

@@ -11,15 +11,18 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from mechgrok.errors import AnalysisError, StoreError
-from mechgrok.pipeline import ANALYSES, analyze, open_analysis, report_markdown, summarise, write_analysis
+from mechgrok.pipeline import ANALYSES, analyze
+from mechgrok.store.analysis_store import open_analysis, write_analysis
+from mechgrok.report import report_markdown, summarise
+from mechgrok.engine import select_epochs
 
 
 def test_one_pass_results_equal_the_standalone_analyses(fixture_trajectory, fixture_analysis):
-    from mechgrok.ablation import ablation_losses
-    from mechgrok.attention import attention_fit
-    from mechgrok.key_frequencies import key_frequencies
-    from mechgrok.logits import logit_structure
-    from mechgrok.neurons import neuron_clusters
+    from mechgrok.analyses.modular.ablation import ablation_losses
+    from mechgrok.analyses.modular.attention import attention_fit
+    from mechgrok.analyses.modular.key_frequencies import key_frequencies
+    from mechgrok.analyses.modular.logits import logit_structure
+    from mechgrok.analyses.modular.neurons import neuron_clusters
 
     ds = fixture_trajectory
     sub = [0, 30, 45, 60]  # a few checkpoints, recomputed independently
@@ -28,17 +31,17 @@ def test_one_pass_results_equal_the_standalone_analyses(fixture_trajectory, fixt
     assert fixture_analysis.attrs["key_freqs"] == key
     tree = {name: fixture_analysis[name].to_dataset(inherit=False).isel(checkpoint=sub)
             for name in ("neurons", "attention", "logits", "ablation")}
-    alone = ablation_losses(ds, key_freqs=key, checkpoints=sub, all_freqs=True)
+    alone = ablation_losses(ds.isel(checkpoint=sub), key_freqs=key, all_freqs=True)
     for name in ("loss_train", "loss_test", "restricted_loss_all", "excluded_loss_full", "block3x3_loss_all"):
-        np.testing.assert_allclose(tree["ablation"][name].values, alone[name].values, rtol=1e-6)
-    np.testing.assert_allclose(tree["ablation"]["excluded_loss"].values, alone["excluded_loss"].values, rtol=1e-6)
-    cl = neuron_clusters(ds, checkpoints=sub)
+        np.testing.assert_allclose(tree["ablation"][name].values, alone[name].values, rtol=1e-12)
+    np.testing.assert_allclose(tree["ablation"]["excluded_loss"].values, alone["excluded_loss"].values, rtol=1e-12)
+    cl = neuron_clusters(ds.isel(checkpoint=sub))
     np.testing.assert_array_equal(tree["neurons"]["cluster"].values, cl["cluster"].values)
-    np.testing.assert_allclose(tree["neurons"]["frac_explained"].values, cl["frac_explained"].values, rtol=1e-6)
-    at = attention_fit(ds, checkpoints=sub)
-    np.testing.assert_allclose(tree["attention"]["head_fve"].values, at["head_fve"].values, rtol=1e-6)
-    lg = logit_structure(ds, key_freqs=key, checkpoints=sub)
-    np.testing.assert_allclose(tree["logits"]["frac_var_key"].values, lg["frac_var_key"].values, rtol=1e-6)
+    np.testing.assert_allclose(tree["neurons"]["frac_explained"].values, cl["frac_explained"].values, rtol=1e-12)
+    at = attention_fit(ds.isel(checkpoint=sub))
+    np.testing.assert_allclose(tree["attention"]["head_fve"].values, at["head_fve"].values, rtol=1e-12)
+    lg = logit_structure(ds.isel(checkpoint=sub), key_freqs=key)
+    np.testing.assert_allclose(tree["logits"]["frac_var_key"].values, lg["frac_var_key"].values, rtol=1e-12)
     # every per-checkpoint group is labelled by the epochs of the trajectory
     for name in ("neurons", "attention", "logits", "ablation", "fourier_norms", "measures"):
         np.testing.assert_array_equal(fixture_analysis[name]["checkpoint"].values, ds["checkpoint"].values)
@@ -98,10 +101,14 @@ def test_report_is_complete(fixture_analysis):
 
 def test_subsets_and_errors(fixture_trajectory):
     ds = fixture_trajectory
-    tree = analyze(ds, checkpoints=[0, 1500], analyses=["measures"])
+    tree = analyze(select_epochs(ds, [0, 1500]), analyses=["measures"])
     assert set(tree.children) == {"measures"}
-    np.testing.assert_array_equal(tree["measures"]["checkpoint"].values, [0, 1500, 3000])  # reference added
-    tree = analyze(ds, analyses=["ablation"], checkpoints=[3000])
+    np.testing.assert_array_equal(tree["measures"]["checkpoint"].values, [0, 1500])
+    with pytest.raises(AnalysisError, match=r"no checkpoints at epochs \[7\].*61 checkpoints, epochs 0..3000"):
+        select_epochs(ds, [0, 7])
+    with pytest.raises(AnalysisError, match="no checkpoints selected"):
+        analyze(ds.isel(checkpoint=[]), analyses=["measures"])
+    tree = analyze(select_epochs(ds, [3000]), analyses=["ablation"])
     assert set(tree.children) == {"key_frequencies", "ablation"}  # dependency added
     with pytest.raises(AnalysisError, match="unknown analyses"):
         analyze(ds, analyses=["tea"])
@@ -109,7 +116,42 @@ def test_subsets_and_errors(fixture_trajectory):
         analyze(ds, reference=123)
     with pytest.raises(AnalysisError, match="no key frequencies"):
         analyze(ds, reference=0, analyses=["ablation"])
-    assert "llc" in ANALYSES
+
+
+#: Fast LLC settings (as in tests/test_llc.py): a few short chains, enough to run the pipeline's LLC stage.
+LLC_FAST = dict(num_chains=2, num_burnin=5, num_draws=10, epsilon=1e-4, seed=4)
+
+
+def test_every_listed_analysis_writes_its_group(fixture_trajectory, tmp_path):
+    """Each name of ANALYSES yields its own group, with data, in the written analysis.zarr; the LLC group is the
+    LLC of the analysed checkpoints with the options given."""
+    from mechgrok.analyses.llc import llc_trajectory
+
+    assert sorted(ANALYSES) == sorted(["key_frequencies", "neurons", "attention", "logits", "ablation",
+                                       "fourier_norms", "measures", "phases", "reference", "llc"])
+    ds = select_epochs(fixture_trajectory, [0, 1500, 3000])
+    tree = analyze(ds, analyses=list(ANALYSES), llc_every=1, llc_options=LLC_FAST)
+    stored = open_analysis(write_analysis(tree, tmp_path / "analysis.zarr"))
+    assert set(stored.children) == set(ANALYSES)
+    assert sorted(stored.attrs["analyses"]) == sorted(ANALYSES)
+    for name in ANALYSES:
+        group = stored[name].to_dataset(inherit=False)
+        assert group.data_vars, f"{name}: empty group"
+        xr.testing.assert_allclose(group.load(), tree[name].to_dataset(inherit=False), rtol=1e-12)
+    llc = stored["llc"].to_dataset(inherit=False)
+    np.testing.assert_array_equal(llc["checkpoint"].values, [0, 1500, 3000])
+    assert np.isfinite(llc["llc_mean"].values).all() and llc.sizes["chain"] == 2
+    alone = llc_trajectory(ds, **LLC_FAST)  # each checkpoint's chains are seeded by (seed, epoch, chain)
+    np.testing.assert_allclose(llc["llc_chain"].values, alone["llc_chain"].values, rtol=1e-6)
+
+
+def test_llc_runs_only_when_asked_on_every_nth_checkpoint(fixture_trajectory, fixture_analysis):
+    assert set(fixture_analysis.children) == set(ANALYSES) - {"llc"}  # the default: every analysis but the LLC
+    ds = select_epochs(fixture_trajectory, [0, 1500, 3000])
+    tree = analyze(ds, analyses=["measures"], llc=True, llc_every=2, llc_options=LLC_FAST)
+    assert set(tree.children) == {"measures", "llc"}
+    np.testing.assert_array_equal(tree["llc"]["checkpoint"].values, [0, 3000])  # every 2nd, and the last
+    assert np.isfinite(tree["llc"]["llc_mean"].values).all()
 
 
 runner = CliRunner()
@@ -166,7 +208,7 @@ def test_released_model_end_to_end():
 
 def _phases_tree(measures: xr.Dataset, *, n_checkpoints: int) -> xr.DataTree:
     """A stored analysis holding only the phases of planted progress curves."""
-    from mechgrok.phases import find_phases
+    from mechgrok.analyses.phases import find_phases
 
     last = int(measures["checkpoint"].values[-1])
     root = xr.Dataset(attrs={"p": 53, "reference_checkpoint": last, "n_checkpoints": n_checkpoints,

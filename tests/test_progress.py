@@ -1,4 +1,4 @@
-"""The one-pass progress-measure suite (mechgrok.progress), the grid forward pass and the fast loss measures,
+"""The one-pass progress-measure suite (mechgrok.analyses.modular.progress), the grid forward pass and the fast loss measures,
 against dense references written here, a planted model and a released model."""
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ import pytest
 import torch
 import xarray as xr
 
-from mechgrok.ablation import _measures, _measures_direct, _split_masks, ablation_losses
-from mechgrok.data import grid_tokens, split_indices, train_mask
+from mechgrok.analyses.modular.ablation import ablation_losses, split_masks
+from mechgrok.analyses.modular.ablation_kernels import ablation_measures, measures_direct
+from mechgrok.tasks.modular_arithmetic import grid_tokens, split_indices, train_mask
 from mechgrok.errors import AnalysisError
-from mechgrok.fourier_norms import fourier_norms
-from mechgrok.measures import weight_measures
-from mechgrok.model import WEIGHT_NAMES, forward, grid_forward
-from mechgrok.progress import progress_measures
+from mechgrok.analyses.modular.fourier_norms import fourier_norms
+from mechgrok.analyses.modular.fourier_gini import weight_measures
+from mechgrok.models.transformer import WEIGHT_NAMES, forward
+from mechgrok.analyses.modular.grid import grid_forward
+from mechgrok.analyses.modular.progress import progress_measures
 
 from dense import dense_basis
 from nanda import load_nanda_model
@@ -162,7 +164,7 @@ def test_progress_measures_equal_the_separate_analyses(traj):
     for name in fn.data_vars:
         np.testing.assert_allclose(got[name].values, fn[name].values, rtol=1e-12, err_msg=name)
     assert "block3x3_loss_all" not in got and "excluded_loss_by_freq" not in got
-    with3 = progress_measures(traj, key_freqs=KEY, block3x3=True, checkpoints=[1])
+    with3 = progress_measures(traj.isel(checkpoint=[1]), key_freqs=KEY, block3x3=True)
     np.testing.assert_allclose(with3["block3x3_loss_all"].values, ab["block3x3_loss_all"].values[[1]], rtol=1e-5)
 
 
@@ -173,7 +175,7 @@ def test_chunking_workers_and_selection_do_not_change_results(traj):
     threads = torch.get_num_threads()
     xr.testing.assert_identical(one, progress_measures(traj, key_freqs=KEY, workers=2))
     assert torch.get_num_threads() == threads  # restored
-    sel = progress_measures(traj, key_freqs=KEY, checkpoints=[2, 0])
+    sel = progress_measures(traj.isel(checkpoint=[2, 0]), key_freqs=KEY)
     np.testing.assert_array_equal(sel["checkpoint"].values, [20, 0])
     np.testing.assert_array_equal(sel["loss_train"].values, one["loss_train"].values[[2, 0]])
 
@@ -212,7 +214,7 @@ def test_grid_forward_equals_forward(traj):
 # ------------------------------------------------------------------------------------------------------------
 def _masks(p: int, frac: float = 0.4) -> dict[str, np.ndarray]:
     train, _ = split_indices(p, frac, 0)
-    return _split_masks(train_mask(p, train), p)
+    return split_masks(train_mask(p, train), p)
 
 
 @pytest.mark.parametrize(
@@ -222,10 +224,10 @@ def _masks(p: int, frac: float = 0.4) -> dict[str, np.ndarray]:
 def test_fast_measures_equal_direct_ones(case, monkeypatch):
     """Ties (accuracy as torch.argmax: the first maximum), small losses, and logits whose exponentials would
     overflow (the checkpoint falls back to the direct computation)."""
-    import mechgrok.ablation as ablation
+    import mechgrok.analyses.modular.ablation_kernels as ablation
 
     fallbacks = []
-    monkeypatch.setattr(ablation, "_measures_direct", lambda *a, **k: fallbacks.append(1) or _measures_direct(*a, **k))
+    monkeypatch.setattr(ablation, "measures_direct", lambda *a, **k: fallbacks.append(1) or measures_direct(*a, **k))
     p = 13
     gen = torch.Generator().manual_seed(1)
     if case == "ties":
@@ -240,8 +242,8 @@ def test_fast_measures_equal_direct_ones(case, monkeypatch):
         scale = 140.0 if case == "confident" else 900.0  # margins of ~16 and ~100 nats
         L = torch.stack([scale * clean + 0.5 * noise, -scale * clean + noise]).double()
     masks = _masks(p)
-    fast = _measures(L, masks, [3, 5], all_freqs=True, block3x3=True)
-    slow = _measures_direct(L, masks, [3, 5], all_freqs=True, block3x3=True)
+    fast = ablation_measures(L, masks, [3, 5], all_freqs=True, block3x3=True)
+    slow = measures_direct(L, masks, [3, 5], all_freqs=True, block3x3=True)
     assert list(fast) == list(slow)
     for name in slow:
         np.testing.assert_allclose(fast[name], slow[name], rtol=1e-9, atol=1e-300, err_msg=name)
@@ -254,12 +256,12 @@ def test_fast_measures_equal_direct_ones(case, monkeypatch):
 
 def test_fast_measures_with_an_empty_training_split():
     p = 7
-    masks = _split_masks(np.zeros((p, p), dtype=bool), p)
+    masks = split_masks(np.zeros((p, p), dtype=bool), p)
     L = torch.randn(1, p * p, p, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    out = _measures(L, masks, [1], all_freqs=True)
+    out = ablation_measures(L, masks, [1], all_freqs=True)
     assert np.isnan(out["loss_train"][0]) and np.isnan(out["excluded_loss_full"][0])
     assert np.isnan(out["excluded_loss_by_freq"]).all()
-    np.testing.assert_allclose(out["loss_all"], _measures_direct(L, masks, [1], all_freqs=False)["loss_all"])
+    np.testing.assert_allclose(out["loss_all"], measures_direct(L, masks, [1], all_freqs=False)["loss_all"])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -299,7 +301,7 @@ def test_errors(traj):
     with pytest.raises(AnalysisError, match="outside"):
         progress_measures(traj, key_freqs=[6])
     with pytest.raises(AnalysisError, match="no checkpoints"):
-        progress_measures(traj, key_freqs=KEY, checkpoints=[])
+        progress_measures(traj.isel(checkpoint=[]), key_freqs=KEY)
     with pytest.raises(AnalysisError, match="lacks weights"):
         progress_measures(traj.drop_vars("W_in"), key_freqs=KEY)
     bad = traj.copy()

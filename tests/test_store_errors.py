@@ -15,7 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from mechgrok.errors import CheckpointError, ConfigError, MechgrokError, RunDirError, StoreError, UnsafeCheckpointError
+from mechgrok.errors import (AnalysisError, CheckpointError, ConfigError, MechgrokError, RunDirError, StoreError,
+                             UnsafeCheckpointError)
 from mechgrok.store import open_run
 
 QUICK_RUN = Path(__file__).resolve().parents[1] / "fixtures" / "quick-run"
@@ -225,6 +226,66 @@ def test_cli_train_with_zarr(tmp_path):
     assert not (tmp_path / "run2").exists()
 
 
-def test_errors_are_mechgrok_errors():
-    for cls in (CheckpointError, UnsafeCheckpointError, StoreError, ConfigError, RunDirError):
-        assert issubclass(cls, MechgrokError)
+class _Payload:
+    """A pickle that would run a shell command if unpickled (it never is: the load is refused)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_each_error_class_from_real_bad_input_is_one_line_naming_the_file(tmp_path):
+    """Every MechgrokError subclass, raised by the public function on a real bad input: that exact class, one line
+    naming the file and the problem; the command line prints that line as its only stderr line and exits 2."""
+    from mechgrok.config import Config
+    from mechgrok.pipeline import analyze
+    from mechgrok.store import ingest
+
+    bad_config = tmp_path / "bad_config.json"
+    bad_config.write_text('{"p": 12}')
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
+    for name in ("run.json", "config.json", "split.json", "metrics.csv"):
+        (empty_run / name).write_bytes((QUICK_RUN / name).read_bytes())
+    good = save(full_run([paper_state_dict()]), tmp_path / "good.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    unsafe = tmp_path / "unsafe.pkl"
+    with open(unsafe, "wb") as fh:
+        pickle.dump({"model": _Payload(tmp_path / "PWNED")}, fh)
+    existing = tmp_path / "existing.zarr"
+    existing.mkdir()
+    out = tmp_path / "never_written.zarr"
+    cases = [  # (class, library call, file named, problem, command line)
+        (ConfigError, lambda: Config.from_json(bad_config.read_text(), source=bad_config), bad_config,
+         "p must be an odd integer", ["train", str(tmp_path / "run"), "--config", str(bad_config), "--quiet"]),
+        (RunDirError, lambda: open_run(empty_run), empty_run, "no checkpoints found",
+         ["ingest", str(empty_run), "--out", str(out)]),
+        (CheckpointError, lambda: open_run(truncated), truncated, "truncated",
+         ["ingest", str(truncated), "--out", str(out)]),
+        (UnsafeCheckpointError, lambda: open_run(unsafe), unsafe, "--trust-checkpoint",
+         ["ingest", str(unsafe), "--out", str(out)]),
+        (StoreError, lambda: ingest(QUICK_RUN, existing), existing, "already exists",
+         ["ingest", str(QUICK_RUN), "--out", str(existing)]),
+        (AnalysisError, lambda: analyze(open_run(QUICK_RUN), analyses=["tea"]), None, "unknown analyses",
+         ["analyze", str(QUICK_RUN), "--only", "tea", "--out", str(tmp_path / "analysis"), "--quiet"]),
+    ]
+    for cls, call, path, problem, argv in cases:
+        with pytest.raises(MechgrokError) as info:
+            call()
+        err = info.value
+        assert type(err) is cls, (cls.__name__, type(err).__name__, str(err))
+        text = str(err)
+        assert "\n" not in text and problem in text, text
+        if path is not None:
+            assert err.path == path and text.startswith(f"{path}: "), text
+        res = runner.invoke(app, argv)
+        assert res.exit_code == 2, (cls.__name__, res.output)
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (cls.__name__, res.stderr)
+        assert problem in lines[0] and (path is None or str(path) in lines[0]), lines[0]
+        assert "Traceback" not in res.output
+    assert not (tmp_path / "PWNED").exists() and not out.exists() and not (tmp_path / "run").exists()
+    assert list(existing.iterdir()) == [] and not (tmp_path / "analysis").exists()

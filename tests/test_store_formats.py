@@ -17,9 +17,9 @@ import pytest
 import torch
 import xarray as xr
 
-from mechgrok.data import grid_labels, grid_tokens, split_indices
+from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens, split_indices
 from mechgrok.errors import CheckpointError, ConfigError, UnsafeCheckpointError
-from mechgrok.model import PARAM_KEYS, WEIGHT_NAMES, forward
+from mechgrok.models.transformer import PARAM_KEYS, WEIGHT_NAMES, forward
 from mechgrok.store import open_run
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nanda-saved-runs"

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 from mechgrok.errors import StoreError
-from mechgrok.model import WEIGHT_NAMES
+from mechgrok.models.transformer import WEIGHT_NAMES
 from mechgrok.store import (
     TrajectoryWriter,
     append_checkpoints,

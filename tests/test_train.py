@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mechgrok.config import Config, preset
-from mechgrok.data import split_indices
+from mechgrok.tasks.modular_arithmetic import split_indices
 from mechgrok.errors import RunDirError
 from mechgrok.rundir import list_checkpoints, read_checkpoint, read_config, read_metrics, read_split
 from mechgrok.train import train

@@ -52,6 +52,11 @@ class Config:
         Number of full-batch optimiser steps (one per epoch).
     checkpoint_every : int
         A checkpoint is written at epoch 0, every ``checkpoint_every`` epochs and at ``num_epochs``.
+    threads : int
+        CPU threads torch uses while training (``torch.set_num_threads``; restored afterwards). Part of the
+        recipe: bit-identical reruns need the same thread count (and torch build and CPU code path, see
+        ``docs/run-directory.md``). Default 1: the quick preset trains fastest on one thread, and a resume or a
+        rerun from ``config.json`` uses the same count whatever the machine has.
     """
 
     p: int = 113
@@ -69,6 +74,7 @@ class Config:
     warmup_steps: int = 10
     num_epochs: int = 40_000
     checkpoint_every: int = 100
+    threads: int = 1
     preset: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -111,7 +117,7 @@ class Config:
             raise ConfigError(f"frac_train must lie strictly between 0 and 1, got {self.frac_train!r}")
         if self.operation not in OPERATIONS:
             raise ConfigError(f"unknown operation {self.operation!r}; known: {', '.join(OPERATIONS)}")
-        for name in ("d_model", "n_heads", "d_head", "d_mlp", "num_epochs", "checkpoint_every"):
+        for name in ("d_model", "n_heads", "d_head", "d_mlp", "num_epochs", "checkpoint_every", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -3,7 +3,8 @@
 Layout (documented in ``docs/run-directory.md``)::
 
     RUN_DIR/
-      run.json                      {"format": "mechgrok-run", "version": ..., "complete": bool}
+      run.json                      {"format": "mechgrok-run", "version": ..., "complete": bool,
+                                     "environment": {torch, cpu_capability, threads, ...}, "resumes": [...]}
       config.json                   the Config (see mechgrok.config)
       split.json                    {"p", "seed", "frac_train", "train": [a*p+b, ...], "test": [...]}
       metrics.csv                   epoch,train_loss,test_loss,train_acc,test_acc  (one row per epoch, float64)
@@ -36,6 +37,7 @@ __all__ = [
     "RUN_FORMAT",
     "METRIC_COLUMNS",
     "is_run_dir",
+    "read_run_info",
     "checkpoint_path",
     "list_checkpoints",
     "read_config",
@@ -91,6 +93,28 @@ def is_run_dir(path: str | Path) -> bool:
         return json.loads(f.read_text()).get("format") == RUN_FORMAT
     except (json.JSONDecodeError, OSError, AttributeError):
         return False
+
+
+def read_run_info(run_dir: str | Path) -> dict:
+    """The content of ``run.json``: ``format``, ``version``, ``complete`` and, for runs trained since the
+    environment was recorded, ``environment`` (where the run started: torch version, CPU capability, threads, ...)
+    and ``resumes`` (one entry per resume: ``epoch`` and the environment it continued in).
+
+    Raises
+    ------
+    RunDirError
+        If ``run.json`` is missing or not a mechgrok run file.
+    """
+    f = Path(run_dir) / "run.json"
+    try:
+        info = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise RunDirError("no run.json: not a mechgrok run directory", path=run_dir) from None
+    except (json.JSONDecodeError, OSError) as e:
+        raise RunDirError(f"unreadable run.json ({e})", path=f) from None
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
+        raise RunDirError(f"run.json is not a {RUN_FORMAT} file", path=f)
+    return info
 
 
 def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:

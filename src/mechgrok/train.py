@@ -2,27 +2,37 @@
 
 Full-batch AdamW with the paper's linear warm-up (lr * min(step / warmup_steps, 1), so the very first step has
 lr 0, as with the released ``LambdaLR``), float64 cross-entropy over all ``d_vocab_out`` classes (the training
-loss of the released code; the analyses use 113 classes, paper.md 2.1). Deterministic for a given config on
-CPU. Resumable: the weights and AdamW moments are saved at every checkpoint, and ``resume=True`` continues from
-the last one with bit-identical results.
+loss of the released code; the analyses use 113 classes, paper.md 2.1). Resumable: the weights and AdamW
+moments are saved at every checkpoint, and ``resume=True`` continues from the last one with bit-identical results.
+
+Reproducibility (docs/run-directory.md, "Reproducibility"): while training, torch runs on ``cfg.threads``
+threads with ``torch.use_deterministic_algorithms(True)`` (both restored afterwards). Without the latter, the
+backward pass of the embedding-table gathers accumulates with atomic adds on 2 or more threads, and two runs on
+the same machine differ from the first steps. With both, the same config, torch build and CPU code path give
+bit-identical runs; ``run.json`` records the environment (:func:`training_environment`), and a resume in a
+different one warns (:class:`ReproducibilityWarning`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from mechgrok import __version__
 from mechgrok.config import Config
-from mechgrok.data import grid_labels, grid_tokens, split_indices
+from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens, split_indices
 from mechgrok.errors import RunDirError
-from mechgrok.loss import accuracy, cross_entropy
-from mechgrok.model import PARAM_KEYS, Transformer
+from mechgrok.tasks.loss import accuracy, cross_entropy
+from mechgrok.models.transformer import PARAM_KEYS, Transformer
 from mechgrok.rundir import (
     METRIC_COLUMNS,
     RUN_FORMAT,
@@ -30,11 +40,73 @@ from mechgrok.rundir import (
     is_run_dir,
     read_checkpoint,
     read_config,
+    read_run_info,
     save_safetensors_atomic,
     write_atomic,
 )
 
-__all__ = ["train", "EpochMetrics"]
+__all__ = ["train", "EpochMetrics", "ReproducibilityWarning", "training_environment"]
+
+
+class ReproducibilityWarning(UserWarning):
+    """A resumed run continues in another numerical environment than the one it started in (another torch
+    build, CPU code path or CPU), or one that was not recorded: its weights after the resume will in general not
+    be bit-identical to those of an uninterrupted run."""
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def training_environment(threads: int) -> dict[str, Any]:
+    """What decides the bits of a CPU training run besides the config: recorded in ``run.json``.
+
+    Parameters
+    ----------
+    threads : int
+        The intra-op thread count training runs with (``Config.threads``).
+
+    Returns
+    -------
+    dict
+        ``torch`` (version) and ``torch_git`` (commit of the build), ``cpu_capability`` (the vectorised code
+        path of torch's own kernels, ``torch.backends.cpu.get_cpu_capability()``: ``DEFAULT``, ``AVX2``,
+        ``AVX512``, ...; ``ATEN_CPU_CAPABILITY`` can force a lower one), ``machine`` and ``cpu`` (the matrix
+        products go to MKL, whose code path depends on the CPU itself), ``mkl_cbwr`` (the ``MKL_CBWR``
+        environment variable, which changes MKL's code path; None when unset), ``threads`` and
+        ``deterministic_algorithms`` (always True: training turns them on).
+    """
+    return {
+        "torch": torch.__version__,
+        "torch_git": torch.version.git_version,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
+        "threads": int(threads),
+        "deterministic_algorithms": True,
+    }
+
+
+@contextmanager
+def _pinned_numerics(threads: int) -> Iterator[None]:
+    """Run on ``threads`` intra-op threads with deterministic algorithms; restore both afterwards."""
+    before = torch.get_num_threads()
+    det, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -68,8 +140,31 @@ def _prepare_dir(run_dir: Path, cfg: Config, *, resume: bool, overwrite: bool) -
     return cfg
 
 
-def _write_run_json(run_dir: Path, *, complete: bool) -> None:
-    write_atomic(run_dir / "run.json", json.dumps({"format": RUN_FORMAT, "version": __version__, "complete": complete}))
+def _write_run_json(run_dir: Path, info: dict[str, Any], *, complete: bool) -> None:
+    rest = {k: v for k, v in info.items() if k not in ("format", "version", "complete")}
+    doc = {"format": RUN_FORMAT, "version": __version__, "complete": complete, **rest}
+    write_atomic(run_dir / "run.json", json.dumps(doc, indent=2))
+
+
+def _check_environment(run_dir: Path, recorded: dict[str, Any] | None, current: dict[str, Any], epoch: int) -> None:
+    """Warn when a resume continues in another environment than the run started in."""
+    if recorded is None:
+        warnings.warn(
+            f"{run_dir}: run.json records no training environment (trained by an older mechgrok, with torch's "
+            f"default thread count and without deterministic algorithms); the run resumed at epoch {epoch} "
+            "will not be bit-identical to an uninterrupted one",
+            ReproducibilityWarning, stacklevel=4,
+        )
+        return
+    differ = [k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
+    if differ:
+        what = ", ".join(f"{k} {recorded.get(k)!r} -> {current.get(k)!r}" for k in differ)
+        warnings.warn(
+            f"{run_dir}: resuming at epoch {epoch} in another environment than the run started in ({what}); the "
+            "weights from here on will in general not be bit-identical to an uninterrupted run's "
+            "(docs/run-directory.md, Reproducibility)",
+            ReproducibilityWarning, stacklevel=4,
+        )
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer, model: Transformer) -> dict[str, torch.Tensor]:
@@ -131,9 +226,34 @@ def train(
     ------
     RunDirError
         If ``run_dir`` exists without ``resume``/``overwrite``, or ``resume`` is asked of a non-run folder.
+
+    Warns
+    -----
+    ReproducibilityWarning
+        With ``resume=True``, if the run started in another environment (:func:`training_environment`: torch
+        build, CPU capability, CPU, ``MKL_CBWR``) or its ``run.json`` records none.
+
+    Notes
+    -----
+    Training runs on ``cfg.threads`` threads with ``torch.use_deterministic_algorithms(True)``; both settings
+    are restored on return. ``run.json`` records the environment the run started in and every resume's.
     """
     run_dir = Path(run_dir)
     cfg = _prepare_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
+    with _pinned_numerics(cfg.threads):
+        _train(cfg, run_dir, resume=resume, on_epoch=on_epoch, on_checkpoint=on_checkpoint)
+    return run_dir
+
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    resume: bool,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    on_checkpoint: Callable[[int, dict[str, torch.Tensor]], None] | None,
+) -> None:
+    env = training_environment(cfg.threads)
     p = cfg.p
     train_idx, test_idx = split_indices(p, cfg.frac_train, cfg.seed)
     if not resume:
@@ -142,7 +262,8 @@ def train(
                  "train": train_idx.tolist(), "test": test_idx.tolist()}
         write_atomic(run_dir / "split.json", json.dumps(split))
         write_atomic(run_dir / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n")
-        _write_run_json(run_dir, complete=False)
+        info: dict[str, Any] = {"environment": env, "resumes": []}
+        _write_run_json(run_dir, info, complete=False)
 
     tokens, labels = grid_tokens(p), grid_labels(p, cfg.operation)
     tr_idx, te_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
@@ -164,6 +285,13 @@ def train(
     elif resume:
         # killed before the first checkpoint: start again from scratch
         _truncate_metrics(run_dir / "metrics.csv", 0)
+    if resume:
+        info = read_run_info(run_dir)
+        _check_environment(run_dir, info.get("environment"), env, start)
+        if "environment" not in info:
+            info["environment"] = None
+        info["resumes"] = [*info.get("resumes", []), {"epoch": start, "environment": env}]
+        _write_run_json(run_dir, info, complete=False)
 
     pending: list[str] = []
     for epoch in range(start, cfg.num_epochs + 1):
@@ -200,8 +328,7 @@ def train(
         opt.step()
 
     # checkpoints beyond the end (from an earlier, longer run with the same name) cannot exist: fresh dir or resume
-    _write_run_json(run_dir, complete=True)
-    return run_dir
+    _write_run_json(run_dir, info, complete=True)
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:

@@ -1,9 +1,11 @@
 """Figures of the paper's analyses, as matplotlib Figures, and the figure pack (PNG, SVG, GIF, index.html).
 
-Every ``fig_*`` function takes the analysis tree of :func:`mechgrok.pipeline.analyze` (or of
-:func:`mechgrok.pipeline.open_analysis`) and returns a :class:`matplotlib.figure.Figure`, made headless on an Agg
-canvas in mechgrok's style (:mod:`mechgrok.figures.style`) and free to restyle. :func:`write_figure_pack` writes
-them all. See ``docs/figures.md``.
+Every ``fig_*`` function takes either the analysis tree of :func:`mechgrok.analyze` (or of
+:func:`mechgrok.open_analysis`) or the plain Dataset an analysis function returns, e.g.
+``fig_neuron_clusters(mechgrok.neuron_clusters(ds))`` or ``fig_loss_curves(mechgrok.open_run(run_dir))``
+(:mod:`mechgrok.figures.analysis` has the rule), and returns a :class:`matplotlib.figure.Figure`, made headless
+on an Agg canvas in mechgrok's style (:mod:`mechgrok.figures.style`) and free to restyle.
+:func:`write_figure_pack` writes them all. See ``docs/figures.md``.
 """
 
 from __future__ import annotations

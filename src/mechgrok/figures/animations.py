@@ -16,7 +16,7 @@ from matplotlib.animation import FuncAnimation, PillowWriter
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
 from mechgrok.errors import AnalysisError
-from mechgrok.figures.analysis import group, has_groups, key_freqs, phase_spans
+from mechgrok.figures.analysis import group, key_freqs, need_checkpoints, optional_group, phase_spans
 from mechgrok.figures.fourier_norms import cos_sin_norms, mark_key_freq_ticks
 from mechgrok.figures.style import (
     COLORS,
@@ -46,12 +46,12 @@ def frame_indices(n: int, max_frames: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n - 1, min(n, max_frames))).astype(np.int64))
 
 
-def _loss_strip(fig, ax, tree: xr.DataTree):
-    """Train/test loss against epoch with a cursor; returns the cursor line (or None without ``ablation``)."""
-    if not has_groups(tree, "ablation"):
+def _loss_strip(fig, ax, tree: xr.DataTree | xr.Dataset):
+    """Train/test loss against epoch with a cursor; returns the cursor line (or None without the losses)."""
+    ab = optional_group(tree, "ablation", needs=("loss_train", "loss_test"))
+    if ab is None or "checkpoint" not in ab["loss_train"].dims:
         ax.set_axis_off()
         return None
-    ab = group(tree, "ablation", figure="animation")
     x = ab["checkpoint"].values
     shade_phases(ax, phase_spans(tree))
     ax.plot(x, ab["loss_train"].values, color=COLORS["train"], lw=1.0, label="train")
@@ -65,7 +65,7 @@ def _loss_strip(fig, ax, tree: xr.DataTree):
     return ax.axvline(float(x[0]), color="black", lw=1.2)
 
 
-def _phase_at(tree: xr.DataTree, epoch: int) -> str:
+def _phase_at(tree: xr.DataTree | xr.Dataset, epoch: int) -> str:
     for name, start, end in phase_spans(tree):
         if start <= epoch <= end:
             return name.replace("_", " ")
@@ -83,7 +83,8 @@ def _prepare_for_frames(fig) -> None:
     fig.canvas.draw_idle = lambda *args, **kwargs: None
 
 
-def _animation(fig, draw, *, tree: xr.DataTree, epochs, title, label: str, cursor, interval_ms: int) -> FuncAnimation:
+def _animation(fig, draw, *, tree: xr.DataTree | xr.Dataset, epochs, title, label: str, cursor,
+               interval_ms: int) -> FuncAnimation:
     """A FuncAnimation whose frame j calls ``draw(j)``, then sets the title (epoch and phase) and the loss cursor."""
 
     def update(j: int):
@@ -101,14 +102,18 @@ def _animation(fig, draw, *, tree: xr.DataTree, epochs, title, label: str, curso
                          cache_frame_data=False)
 
 
-def animate_W_E_fourier_norms(tree: xr.DataTree, *, max_frames: int = 40, interval_ms: int = 200) -> FuncAnimation:
+def animate_W_E_fourier_norms(
+    tree: xr.DataTree | xr.Dataset, *, max_frames: int = 40, interval_ms: int = 200
+) -> FuncAnimation:
     """Animation of the W_E Fourier-component norms (const, cos k, sin k) over training.
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with ``fourier_norms`` (``W_E_fourier_norm`` (checkpoint, fourier)); optionally
-        ``ablation`` and ``phases`` for the loss strip.
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with ``fourier_norms`` (``W_E_fourier_norm`` (checkpoint,
+        fourier)), and optionally ``ablation`` (``loss_train``, ``loss_test``) and ``phases`` for the loss
+        strip; or a Dataset with ``W_E_fourier_norm`` (:func:`mechgrok.analyses.modular.fourier_norms.fourier_norms`,
+        or :func:`mechgrok.progress_measures`, whose losses then fill the strip). Attrs ``key_freqs``.
     max_frames : int
         At most this many frames (checkpoints, evenly spaced).
     interval_ms : int
@@ -122,9 +127,10 @@ def animate_W_E_fourier_norms(tree: xr.DataTree, *, max_frames: int = 40, interv
     Raises
     ------
     AnalysisError
-        If the tree lacks ``fourier_norms`` or ``max_frames`` < 2.
+        If ``W_E_fourier_norm`` is missing (naming the function that produces it) or ``max_frames`` < 2.
     """
-    fn = group(tree, "fourier_norms", figure="W_E Fourier norms animation")
+    fn = group(tree, "fourier_norms", needs=("W_E_fourier_norm",), figure="W_E Fourier norms animation")
+    need_checkpoints(fn, "W_E_fourier_norm", figure="W_E Fourier norms animation")
     keys = key_freqs(tree)
     norms = fn["W_E_fourier_norm"]
     epochs = fn["checkpoint"].values.astype(np.int64)
@@ -162,7 +168,9 @@ def animate_W_E_fourier_norms(tree: xr.DataTree, *, max_frames: int = 40, interv
                           cursor=cursor, interval_ms=interval_ms)
 
 
-def animate_neuron_frequencies(tree: xr.DataTree, *, max_frames: int = 40, interval_ms: int = 200) -> FuncAnimation:
+def animate_neuron_frequencies(
+    tree: xr.DataTree | xr.Dataset, *, max_frames: int = 40, interval_ms: int = 200
+) -> FuncAnimation:
     """Animation of the neuron-frequency assignment (clusters by FVE, paper section 4.2) over training.
 
     Left: every MLP neuron as a cell, coloured by its cluster at the frame's checkpoint (a key frequency's
@@ -171,9 +179,11 @@ def animate_neuron_frequencies(tree: xr.DataTree, *, max_frames: int = 40, inter
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with ``neurons`` (``cluster`` (checkpoint, d_mlp)); optionally ``ablation`` and ``phases``
-        for the loss strip.
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with ``neurons`` (``cluster`` (checkpoint, d_mlp)), and
+        optionally ``ablation`` and ``phases`` for the loss strip; or a Dataset of
+        :func:`mechgrok.neuron_clusters` (no loss strip). Attrs ``key_freqs`` (none where absent: every
+        cluster is then "other k").
     max_frames : int
         At most this many frames (checkpoints, evenly spaced).
     interval_ms : int
@@ -186,9 +196,10 @@ def animate_neuron_frequencies(tree: xr.DataTree, *, max_frames: int = 40, inter
     Raises
     ------
     AnalysisError
-        If the tree lacks ``neurons`` or ``max_frames`` < 2.
+        If ``cluster`` is missing (naming the function that produces it) or ``max_frames`` < 2.
     """
-    nz = group(tree, "neurons", figure="neuron frequencies animation")
+    nz = group(tree, "neurons", needs=("cluster",), figure="neuron frequencies animation")
+    need_checkpoints(nz, "cluster", figure="neuron frequencies animation")
     keys = key_freqs(tree)
     cluster = nz["cluster"].transpose("checkpoint", "d_mlp").values.astype(np.int64)
     epochs = nz["checkpoint"].values.astype(np.int64)

@@ -2,7 +2,7 @@
 
 Each head's attention from the ``=`` position to the ``a`` token is close to
 offset + C (cos(w (a + theta)) - cos(w (b + theta))), w = 2 pi k / p, for one frequency k per head (paper
-appendix C.1.3, Table 2; :mod:`mechgrok.attention`); its score vector W_attn (vocab) is sparse in the Fourier
+appendix C.1.3, Table 2; :mod:`mechgrok.analyses.modular.attention`); its score vector W_attn (vocab) is sparse in the Fourier
 basis at that frequency (paper Fig. 8).
 """
 
@@ -12,22 +12,25 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from mechgrok.figures.analysis import group, has_groups, key_freqs
+from mechgrok.figures.analysis import at_reference, epoch_label, group, key_freqs, optional_group
 from mechgrok.figures.fourier_norms import fourier_bars
 from mechgrok.figures.style import FULL_WIDTH, key_freq_color, new_figure, paper_style
 
 __all__ = ["fig_attention"]
 
 
-def fig_attention(tree: xr.DataTree) -> Figure:
+def fig_attention(tree: xr.DataTree | xr.Dataset) -> Figure:
     """Attention from ``=`` to a over the (a, b) grid per head, titled with the fitted frequency (paper Fig. 8).
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with the ``reference`` group (``attn_to_a`` (head, a, b); ``W_attn_fourier``
-        (fourier, head)) and, for the fitted frequency, the ``attention`` group (``head_freq``, ``head_fve``
-        over (checkpoint, head)).
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with the ``reference`` group (``attn_to_a`` (head, a, b);
+        ``W_attn_fourier`` (fourier, head) where present) and, for the fitted frequency, the ``attention``
+        group (``head_freq``, ``head_fve`` over (checkpoint, head), as :func:`mechgrok.attention_fit` returns
+        them); or the ``reference`` group as a Dataset (:func:`mechgrok.analyses.modular.reference.reference_views`;
+        with the fit where it also holds ``head_freq`` and ``head_fve``, e.g. merged in). Attrs ``key_freqs``,
+        ``checkpoint``.
 
     Returns
     -------
@@ -38,18 +41,19 @@ def fig_attention(tree: xr.DataTree) -> Figure:
     Raises
     ------
     AnalysisError
-        If the tree lacks ``reference``.
+        If ``attn_to_a`` is missing (naming it and the function that produces it).
     """
     name = "attention"
-    ref = group(tree, "reference", figure=name)
+    ref, epoch = at_reference(group(tree, "reference", needs=("attn_to_a",), figure=name), tree)
     keys = key_freqs(tree)
     attn = ref["attn_to_a"].transpose("head", "a", "b").values.astype(np.float64)
     n_heads, p = attn.shape[0], attn.shape[-1]
-    epoch = int(ref.attrs.get("checkpoint", tree.attrs.get("reference_checkpoint", -1)))
     fit = None
-    if has_groups(tree, "attention"):
-        at = group(tree, "attention", figure=name)
-        if epoch in set(int(e) for e in at["checkpoint"].values):
+    at = optional_group(tree, "attention", needs=("head_freq", "head_fve"))
+    if at is not None:
+        if "checkpoint" not in at["head_freq"].dims:
+            fit = at
+        elif epoch in set(int(e) for e in at["checkpoint"].values):
             fit = at.sel(checkpoint=epoch)
     W = ref["W_attn_fourier"].transpose("fourier", "head") if "W_attn_fourier" in ref else None
     with paper_style():
@@ -83,5 +87,5 @@ def fig_attention(tree: xr.DataTree) -> Figure:
         cb.set_label("attention from = to a")
         if W is not None:
             fig.legend(*axes[1, 0].get_legend_handles_labels(), loc="outside lower center", ncols=3)
-        fig.suptitle(f"Attention from '=' to a per head, with the fitted frequency (epoch {epoch})")
+        fig.suptitle(f"Attention from '=' to a per head, with the fitted frequency ({epoch_label(epoch)})")
     return fig

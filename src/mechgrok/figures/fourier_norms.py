@@ -1,7 +1,7 @@
 """Fourier norms of ``W_E`` and ``W_logit``: at the reference checkpoint (paper Fig. 3) and over training.
 
 The Fourier components are picked by their **labels** (``"cos k"``, ``"sin k"`` of the ``fourier`` coordinate,
-:func:`mechgrok.fourier.fourier_labels`), never by index arithmetic, so cos and sin are labelled correctly. (The
+:func:`mechgrok.analyses.modular.fourier.fourier_labels`), never by index arithmetic, so cos and sin are labelled correctly. (The
 original notebook's bar plot has them swapped: its ``embed_to_cos_sin`` stacks cos first but the legend names
 index 0 "sin"; paper.md 3.2 and pitfall 2.)
 """
@@ -15,7 +15,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from mechgrok.errors import AnalysisError
-from mechgrok.figures.analysis import group, key_freqs, p_of, phase_spans, reference_epoch
+from mechgrok.figures.analysis import at_reference, epoch_label, group, key_freqs, need_checkpoints, p_of, phase_spans
 from mechgrok.figures.style import (
     COLORS,
     FULL_WIDTH,
@@ -126,15 +126,11 @@ def fourier_bars(ax, values: xr.DataArray, *, keys: Sequence[int] = (), ylabel: 
         ax.legend(loc="upper right", ncols=3)
 
 
-def _at_reference(ds: xr.Dataset, tree: xr.DataTree) -> tuple[xr.Dataset, int]:
-    ref = reference_epoch(tree)
-    epochs = ds["checkpoint"].values
-    if ref is None or ref not in set(int(e) for e in epochs):
-        ref = int(epochs[-1])
-    return ds.sel(checkpoint=ref), ref
+_COMPONENT_NORMS = ("W_E_fourier_norm", "W_logit_fourier_norm")
+_FREQ_NORMS = ("W_E_freq_norm", "W_logit_freq_norm")
 
 
-def fig_fourier_norms(tree: xr.DataTree) -> Figure:
+def fig_fourier_norms(tree: xr.DataTree | xr.Dataset) -> Figure:
     """Norms of the Fourier components of ``W_E`` and ``W_logit`` at the reference checkpoint (paper Fig. 3).
 
     ``W_E`` (vocab without ``=``, d_model) is Fourier-transformed along the input (vocab) and the l2-norm taken
@@ -144,9 +140,12 @@ def fig_fourier_norms(tree: xr.DataTree) -> Figure:
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with the ``fourier_norms`` group (``W_E_fourier_norm``, ``W_logit_fourier_norm`` over
-        (checkpoint, fourier)); root attrs ``reference_checkpoint``, ``key_freqs``.
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with the ``fourier_norms`` group, or a Dataset of
+        :func:`mechgrok.analyses.modular.fourier_norms.fourier_norms` or :func:`mechgrok.progress_measures`.
+        Read: ``W_E_fourier_norm``, ``W_logit_fourier_norm`` (checkpoint, fourier), ``fourier`` labelled
+        ``"const"``, ``"cos k"``, ``"sin k"``; attrs ``reference_checkpoint`` (the checkpoint drawn; default
+        the last) and ``key_freqs`` (shaded; none where absent), of the tree's root or of the Dataset.
 
     Returns
     -------
@@ -156,10 +155,10 @@ def fig_fourier_norms(tree: xr.DataTree) -> Figure:
     Raises
     ------
     AnalysisError
-        If the tree lacks ``fourier_norms``.
+        If a needed variable is missing (naming it and the function that produces it).
     """
-    fn = group(tree, "fourier_norms", figure="Fourier norms")
-    at, ref = _at_reference(fn, tree)
+    fn = group(tree, "fourier_norms", needs=_COMPONENT_NORMS, figure="Fourier norms")
+    at, ref = at_reference(fn, tree)
     keys = key_freqs(tree)
     with paper_style():
         fig = new_figure(FULL_WIDTH, 4.2)
@@ -169,7 +168,7 @@ def fig_fourier_norms(tree: xr.DataTree) -> Figure:
         fourier_bars(ax2, at["W_logit_fourier_norm"], keys=keys, ylabel="norm over neurons")
         ax2.set_title("W_logit = W_out W_U: Fourier transform along the output logit")
         fig.legend(*ax1.get_legend_handles_labels(), loc="outside lower center", ncols=3)
-        fig.suptitle(f"Norms of the Fourier components at epoch {ref}")
+        fig.suptitle(f"Norms of the Fourier components at {epoch_label(ref)}")
     return fig
 
 
@@ -193,7 +192,7 @@ def _heatmap(ax, epochs: np.ndarray, norm: xr.DataArray, keys: Sequence[int], sp
     ax.set_title(title, pad=9)
 
 
-def fig_fourier_norms_over_training(tree: xr.DataTree) -> Figure:
+def fig_fourier_norms_over_training(tree: xr.DataTree | xr.Dataset) -> Figure:
     """Norm per frequency of ``W_E`` and ``W_logit`` over training, as frequency x epoch heatmaps.
 
     The per-frequency norm is sqrt(n_cos k^2 + n_sin k^2) of the component norms of :func:`fig_fourier_norms`
@@ -202,9 +201,11 @@ def fig_fourier_norms_over_training(tree: xr.DataTree) -> Figure:
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with ``fourier_norms`` (``W_E_freq_norm``, ``W_logit_freq_norm`` over (checkpoint, freq));
-        optionally ``phases``.
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with the ``fourier_norms`` group (optionally ``phases``),
+        or a Dataset of :func:`mechgrok.analyses.modular.fourier_norms.fourier_norms` or
+        :func:`mechgrok.progress_measures`. Read: ``W_E_freq_norm``, ``W_logit_freq_norm`` (checkpoint, freq);
+        attrs ``key_freqs`` (marked; none where absent) and ``p``.
 
     Returns
     -------
@@ -214,13 +215,15 @@ def fig_fourier_norms_over_training(tree: xr.DataTree) -> Figure:
     Raises
     ------
     AnalysisError
-        If the tree lacks ``fourier_norms``.
+        If a needed variable is missing (naming it and the function that produces it).
     """
-    fn = group(tree, "fourier_norms", figure="Fourier norms over training")
+    fn = group(tree, "fourier_norms", needs=_FREQ_NORMS, figure="Fourier norms over training")
+    for v in _FREQ_NORMS:
+        need_checkpoints(fn, v, figure="Fourier norms over training")
     keys = key_freqs(tree)
     spans = phase_spans(tree)
     epochs = fn["checkpoint"].values.astype(np.int64)
-    p = p_of(tree, figure="Fourier norms over training")
+    p = p_of(tree, figure="Fourier norms over training", default=2 * fn.sizes["freq"] + 1)
     with paper_style():
         fig = new_figure(FULL_WIDTH, 5.0)
         ax1, ax2 = fig.subplots(2, 1, sharex=True)

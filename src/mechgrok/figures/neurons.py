@@ -1,8 +1,11 @@
 """Neuron figures: frequency clusters (paper Fig. 5a), ``W_logit`` per cluster (Fig. 5b) and activations (Fig. 4b).
 
+Each takes the analysis tree of :func:`mechgrok.analyze` or a plain Dataset (:mod:`mechgrok.figures.analysis`):
+``fig_neuron_clusters(mechgrok.neuron_clusters(ds))``, ``fig_neuron_activations(tree["reference"])``.
+
 Neurons are assigned to the frequency whose 3 x 3 block {const, cos k, sin k}^2 of the 2D Fourier spectrum of
 their activations explains the largest fraction of variance (FVE), if that fraction reaches the threshold
-(0.85; paper section 4.2, :mod:`mechgrok.neurons`); the others are "unexplained".
+(0.85; paper section 4.2, :mod:`mechgrok.analyses.modular.neurons`); the others are "unexplained".
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from mechgrok.figures.analysis import group, has_groups, key_freqs, phase_spans
+from mechgrok.figures.analysis import (
+    PRODUCERS,
+    at_reference,
+    epoch_label,
+    group,
+    key_freqs,
+    optional_group,
+    phase_spans,
+)
 from mechgrok.figures.style import (
     COLORS,
     FULL_WIDTH,
@@ -27,11 +38,18 @@ from mechgrok.figures.style import (
 __all__ = ["fve_threshold", "fig_neuron_clusters", "fig_W_logit_per_cluster", "fig_neuron_activations"]
 
 
-def fve_threshold(tree: xr.DataTree) -> float | None:
-    """The FVE threshold of the neuron clustering (attrs of ``neurons`` or ``key_frequencies``), or None."""
-    for name in ("neurons", "key_frequencies"):
-        if name in tree.children and "threshold" in tree[name].attrs:
-            return float(tree[name].attrs["threshold"])
+def fve_threshold(tree: xr.DataTree | xr.Dataset) -> float | None:
+    """The FVE threshold of the neuron clustering, or None.
+
+    From the attrs of the tree's ``neurons`` or ``key_frequencies`` group, or of a Dataset (as
+    :func:`mechgrok.neuron_clusters` records it).
+    """
+    if isinstance(tree, xr.Dataset):
+        return float(tree.attrs["threshold"]) if "threshold" in tree.attrs else None
+    if isinstance(tree, xr.DataTree):
+        for name in ("neurons", "key_frequencies"):
+            if name in tree.children and "threshold" in tree[name].attrs:
+                return float(tree[name].attrs["threshold"])
     return None
 
 
@@ -40,15 +58,25 @@ def _key_color(keys: Sequence[int], f: int) -> str:
     return key_freq_color(keys.index(f)) if f in keys else COLORS["other"]
 
 
-def fig_neuron_clusters(tree: xr.DataTree) -> Figure:
+def fig_neuron_clusters(tree: xr.DataTree | xr.Dataset) -> Figure:
     """Neuron frequency clusters: FVE histogram, cluster sizes, and cluster sizes over training (paper Fig. 5a).
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with the ``reference`` group (``frac_explained``, ``cluster`` over d_mlp) and, for the
-        third panel, the ``neurons`` group (``cluster_sizes`` (checkpoint, cluster_freq); cluster_freq -1 is
-        "unexplained").
+    tree : xarray.DataTree or xarray.Dataset
+        One of
+
+        - the analysis tree (:func:`mechgrok.analyze`): its ``reference`` group (``frac_explained``,
+          ``cluster`` over ``d_mlp``) for the first two panels and, for the third, its ``neurons`` group
+          (``cluster_sizes`` (checkpoint, cluster_freq); cluster_freq -1 is "unexplained");
+        - a Dataset of :func:`mechgrok.neuron_clusters` (``frac_explained``, ``cluster`` (checkpoint, d_mlp),
+          ``cluster_sizes`` (checkpoint, cluster_freq)): the first two panels at its attr
+          ``reference_checkpoint`` where it has that checkpoint, else at its last checkpoint;
+        - the tree's ``reference`` group as a Dataset (the third panel is then left out).
+
+        Key frequencies (coloured) from attrs ``key_freqs`` (none where absent, e.g. of
+        :func:`mechgrok.neuron_clusters`: every cluster is then "other k"); the threshold from attrs
+        ``threshold``.
 
     Returns
     -------
@@ -60,17 +88,18 @@ def fig_neuron_clusters(tree: xr.DataTree) -> Figure:
     Raises
     ------
     AnalysisError
-        If the tree lacks ``reference``.
+        If ``frac_explained`` or ``cluster`` is missing (naming it and the function that produces it).
     """
     name = "neuron clusters"
-    ref = group(tree, "reference", figure=name)
+    ref, epoch = at_reference(group(tree, "reference", needs=("frac_explained", "cluster"), figure=name,
+                                    producer=f"{PRODUCERS['neurons']} or {PRODUCERS['reference']}"), tree)
     keys = key_freqs(tree)
     thr = fve_threshold(tree)
     fve = ref["frac_explained"].values.astype(np.float64)
     cluster = ref["cluster"].values.astype(np.int64)
     d_mlp = cluster.size
-    epoch = int(ref.attrs.get("checkpoint", tree.attrs.get("reference_checkpoint", -1)))
-    over_training = has_groups(tree, "neurons")
+    nz = optional_group(tree, "neurons", needs=("cluster_sizes",))
+    over_training = nz is not None and "checkpoint" in nz["cluster_sizes"].dims
     with paper_style():
         fig = new_figure(FULL_WIDTH, 2.8)
         axes = fig.subplots(1, 3 if over_training else 2, width_ratios=(1, 1, 1.4) if over_training else (1, 1))
@@ -82,7 +111,7 @@ def fig_neuron_clusters(tree: xr.DataTree) -> Figure:
         ax.set_xlabel("fraction of variance explained\nby the neuron's frequency")
         ax.set_ylabel("neurons")
         ax.set_xlim(0, 1)
-        ax.set_title(f"Neuron FVE (epoch {epoch})")
+        ax.set_title(f"Neuron FVE ({epoch_label(epoch)})")
 
         ax = axes[1]
         present = sorted(set(int(c) for c in cluster) - {-1})
@@ -99,7 +128,6 @@ def fig_neuron_clusters(tree: xr.DataTree) -> Figure:
         ax.set_title(f"Cluster sizes ({d_mlp} neurons)")
 
         if over_training:
-            nz = group(tree, "neurons", figure=name)
             x = nz["checkpoint"].values
             sizes = nz["cluster_sizes"]
             cf = [int(f) for f in nz["cluster_freq"].values]
@@ -125,7 +153,7 @@ def fig_neuron_clusters(tree: xr.DataTree) -> Figure:
     return fig
 
 
-def fig_W_logit_per_cluster(tree: xr.DataTree) -> Figure:
+def fig_W_logit_per_cluster(tree: xr.DataTree | xr.Dataset) -> Figure:
     """``W_logit`` in the Fourier basis (along the output logit), per key-frequency cluster (paper Fig. 5b).
 
     For the neurons N_k of cluster k, F W_logit[:, N_k] is drawn as a (Fourier component x neuron) map. In the
@@ -134,8 +162,11 @@ def fig_W_logit_per_cluster(tree: xr.DataTree) -> Figure:
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with the ``reference`` group (``W_logit_fourier`` (fourier, d_mlp), ``cluster`` (d_mlp)).
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with the ``reference`` group, or that group as a Dataset
+        (:func:`mechgrok.analyses.modular.reference.reference_views`). Read: ``W_logit_fourier`` (fourier,
+        d_mlp), ``cluster`` (d_mlp); attrs ``key_freqs`` (one panel each; the tree's root attrs, or the
+        Dataset's) and ``checkpoint`` (the epoch, for the title).
 
     Returns
     -------
@@ -145,16 +176,15 @@ def fig_W_logit_per_cluster(tree: xr.DataTree) -> Figure:
     Raises
     ------
     AnalysisError
-        If the tree lacks ``reference``.
+        If a needed variable is missing (naming it and the function that produces it).
     """
     name = "W_logit per cluster"
-    ref = group(tree, "reference", figure=name)
+    ref, epoch = at_reference(group(tree, "reference", needs=("W_logit_fourier", "cluster"), figure=name), tree)
     keys = key_freqs(tree)
     cluster = ref["cluster"].values.astype(np.int64)
     W = ref["W_logit_fourier"].transpose("fourier", "d_mlp")
     labels = [str(s) for s in W["fourier"].values]
     shown = [k for k in keys if (cluster == k).any()]
-    epoch = int(ref.attrs.get("checkpoint", tree.attrs.get("reference_checkpoint", -1)))
     with paper_style():
         fig = new_figure(FULL_WIDTH, 3.4)
         if not shown:
@@ -180,22 +210,23 @@ def fig_W_logit_per_cluster(tree: xr.DataTree) -> Figure:
                 ax.set_ylabel("Fourier component of the output logit")
         cb = fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.01)
         cb.set_label("F W_logit (weight units)")
-        fig.suptitle(f"W_logit in the Fourier basis, neurons grouped by cluster (epoch {epoch})")
+        fig.suptitle(f"W_logit in the Fourier basis, neurons grouped by cluster ({epoch_label(epoch)})")
     return fig
 
 
-def fig_neuron_activations(tree: xr.DataTree) -> Figure:
+def fig_neuron_activations(tree: xr.DataTree | xr.Dataset) -> Figure:
     """Activations of example neurons of each key-frequency cluster over the (a, b) grid (paper Fig. 4b).
 
     The examples are the neurons of each cluster whose frequency explains the most variance
-    (:func:`mechgrok.pipeline.reference_views`). Each map is the post-ReLU activation at the reference
+    (:func:`mechgrok.analyses.modular.reference.reference_views`). Each map is the post-ReLU activation at the reference
     checkpoint divided by that neuron's maximum over the grid.
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with the ``reference`` group (``neuron_acts`` (example, a, b), ``example_neuron``,
-        ``example_freq`` (example)).
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with the ``reference`` group, or that group as a Dataset
+        (:func:`mechgrok.analyses.modular.reference.reference_views`). Read: ``neuron_acts`` (example, a, b),
+        ``example_neuron``, ``example_freq`` (example); attrs ``key_freqs`` and ``checkpoint``.
 
     Returns
     -------
@@ -205,10 +236,11 @@ def fig_neuron_activations(tree: xr.DataTree) -> Figure:
     Raises
     ------
     AnalysisError
-        If the tree lacks ``reference``.
+        If a needed variable is missing (naming it and the function that produces it).
     """
     name = "neuron activations"
-    ref = group(tree, "reference", figure=name)
+    ref, epoch = at_reference(group(tree, "reference", needs=("neuron_acts", "example_neuron", "example_freq"),
+                                    figure=name), tree)
     keys = key_freqs(tree)
     acts = ref["neuron_acts"].transpose("example", "a", "b").values.astype(np.float64)
     neuron = ref["example_neuron"].values.astype(np.int64)
@@ -216,7 +248,6 @@ def fig_neuron_activations(tree: xr.DataTree) -> Figure:
     p = acts.shape[-1]
     rows = [k for k in dict.fromkeys(int(f) for f in freq)]
     ncols = max((int((freq == k).sum()) for k in rows), default=1)
-    epoch = int(ref.attrs.get("checkpoint", tree.attrs.get("reference_checkpoint", -1)))
     with paper_style():
         nrows = max(len(rows), 1)
         fig = new_figure(min(FULL_WIDTH, 1.55 * ncols + 0.9), 1.45 * nrows + 0.5)
@@ -244,5 +275,5 @@ def fig_neuron_activations(tree: xr.DataTree) -> Figure:
         if im is not None:
             cb = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, aspect=35)
             cb.set_label("activation / neuron's max")
-        fig.suptitle(f"Example neurons over the (a, b) grid (epoch {epoch})")
+        fig.suptitle(f"Example neurons over the (a, b) grid ({epoch_label(epoch)})")
     return fig

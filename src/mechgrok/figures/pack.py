@@ -157,7 +157,7 @@ def write_figure_pack(
     Parameters
     ----------
     tree : xarray.DataTree
-        The analysis tree (:func:`mechgrok.pipeline.analyze`, or :func:`mechgrok.pipeline.open_analysis` of an
+        The analysis tree (:func:`mechgrok.pipeline.analyze`, or :func:`mechgrok.store.analysis_store.open_analysis` of an
         ``analysis.zarr``).
     out_dir : str or Path
         Folder to write (created if needed), e.g. ``RUN_DIR/figures``. Files of an earlier pack that this one

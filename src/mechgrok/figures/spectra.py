@@ -1,6 +1,6 @@
 """2D Fourier spectra over the (a, b) grid: the logits (paper Fig. 4c) and example neurons (Fig. 4a).
 
-For a quantity M[a, b] over the p x p grid, M_hat = F M F^T (:func:`mechgrok.fourier.fft2d`); row f is the
+For a quantity M[a, b] over the p x p grid, M_hat = F M F^T (:func:`mechgrok.analyses.modular.fourier.fft2d`); row f is the
 component along a, column g along b, both in the paper's order [const, cos 1, sin 1, ...]. The logits' map is
 ||L_hat[f, g, :]|| over the output class c; a neuron's map is |A_hat[f, g]| of its grid-centred activations.
 """
@@ -14,7 +14,7 @@ import xarray as xr
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from mechgrok.figures.analysis import group, key_freqs
+from mechgrok.figures.analysis import at_reference, epoch_label, group, key_freqs
 from mechgrok.figures.style import FULL_WIDTH, key_freq_color, new_figure, paper_style, stagger_tick_labels
 
 __all__ = ["component_ticks", "fig_fourier_spectra_2d"]
@@ -59,7 +59,7 @@ def _spectrum(ax, values: np.ndarray, labels_a, labels_b, keys, *, title: str, c
     return im
 
 
-def fig_fourier_spectra_2d(tree: xr.DataTree, *, neurons_per_cluster: int = 1) -> Figure:
+def fig_fourier_spectra_2d(tree: xr.DataTree | xr.Dataset, *, neurons_per_cluster: int = 1) -> Figure:
     """2D Fourier spectra of the logits and of example neurons of each key-frequency cluster (paper Fig. 4).
 
     The logits' spectrum is sparse: non-zero only at (const, const), along the const row and column at the key
@@ -68,9 +68,11 @@ def fig_fourier_spectra_2d(tree: xr.DataTree, *, neurons_per_cluster: int = 1) -
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with the ``reference`` group (``logits_fourier_norm`` (fa, fb), ``neuron_fourier``
-        (example, fa, fb), ``example_neuron``, ``example_freq``).
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with the ``reference`` group, or that group as a Dataset
+        (:func:`mechgrok.analyses.modular.reference.reference_views`). Read: ``logits_fourier_norm`` (fa, fb),
+        ``neuron_fourier`` (example, fa, fb), ``example_neuron``, ``example_freq`` (example); attrs ``key_freqs``
+        (labelled) and ``checkpoint`` (the epoch, for the title).
     neurons_per_cluster : int
         Example neurons shown per key-frequency cluster (the best explained ones first).
 
@@ -83,10 +85,11 @@ def fig_fourier_spectra_2d(tree: xr.DataTree, *, neurons_per_cluster: int = 1) -
     Raises
     ------
     AnalysisError
-        If the tree lacks ``reference``.
+        If a needed variable is missing (naming it and the function that produces it).
     """
     name = "2D Fourier spectra"
-    ref = group(tree, "reference", figure=name)
+    ref, epoch = at_reference(group(tree, "reference", needs=("logits_fourier_norm", "neuron_fourier", "example_neuron",
+                                                              "example_freq"), figure=name), tree)
     keys = key_freqs(tree)
     lf = ref["logits_fourier_norm"].transpose("fa", "fb")
     nf = ref["neuron_fourier"].transpose("example", "fa", "fb")
@@ -100,7 +103,6 @@ def fig_fourier_spectra_2d(tree: xr.DataTree, *, neurons_per_cluster: int = 1) -
     n = 1 + len(picks)
     ncols = 2 if n <= 4 else 3
     nrows = int(np.ceil(n / ncols))
-    epoch = int(ref.attrs.get("checkpoint", tree.attrs.get("reference_checkpoint", -1)))
     with paper_style():
         fig = new_figure(FULL_WIDTH * (0.8 if ncols == 2 else 1.0), (FULL_WIDTH * 0.8 / ncols) * 0.86 * nrows + 0.35)
         axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
@@ -114,5 +116,5 @@ def fig_fourier_spectra_2d(tree: xr.DataTree, *, neurons_per_cluster: int = 1) -
             fig.colorbar(im, ax=axes[j], fraction=0.046, pad=0.03).set_label("|coefficient| (sqrt colour scale)")
         for ax in axes[n:]:
             ax.set_axis_off()
-        fig.suptitle(f"2D Fourier spectra over (a, b) at epoch {epoch} (key frequencies labelled)")
+        fig.suptitle(f"2D Fourier spectra over (a, b) at {epoch_label(epoch)} (key frequencies labelled)")
     return fig

@@ -1,8 +1,9 @@
 """Figures over training: loss curves, the progress measures (paper Fig. 7) and the key-frequency ablations.
 
-Every function takes the analysis tree of :func:`mechgrok.pipeline.analyze` and returns a
+Every function takes the analysis tree of :func:`mechgrok.analyze` or a plain Dataset with the variables it
+draws (e.g. of :func:`mechgrok.progress_measures`; :mod:`mechgrok.figures.analysis`) and returns a
 :class:`matplotlib.figure.Figure` (headless, :mod:`mechgrok.figures.style`). The x axis is always epochs; losses
-are in nats on a log scale; the phases of grokking (paper section 5.2, :mod:`mechgrok.phases`) are shaded.
+are in nats on a log scale; the phases of grokking (paper section 5.2, :mod:`mechgrok.analyses.phases`) are shaded.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from mechgrok.figures.analysis import group, has_groups, key_freqs, phase_spans
+from mechgrok.errors import AnalysisError
+from mechgrok.figures.analysis import PRODUCERS, group, key_freqs, optional_group, phase_spans
 from mechgrok.figures.style import (
     COLORS,
     FULL_WIDTH,
@@ -40,61 +42,107 @@ def _xlim(ax, epochs: np.ndarray) -> None:
         ax.set_xlim(float(epochs[0]), float(epochs[-1]))
 
 
-def fig_loss_curves(tree: xr.DataTree, *, trajectory: xr.Dataset | None = None) -> Figure:
+_CURVES = (("train", "train_loss"), ("test", "test_loss"), ("train_acc", "train_acc"), ("test_acc", "test_acc"))
+_AB_LOSSES = ("loss_train", "loss_test")
+
+
+def _has_curves(ds) -> bool:
+    return isinstance(ds, xr.Dataset) and "epoch" in ds.dims and all(v in ds for v in ("train_loss", "test_loss"))
+
+
+def _logged(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """A curve's (epochs, values) at the epochs it was logged: NaN (not logged) epochs dropped."""
+    da = da.dropna("epoch")
+    return np.asarray(da["epoch"].values), np.asarray(da.values, dtype=np.float64)
+
+
+def _cadence(x: np.ndarray) -> str:
+    """How often a curve was logged, from its logged epochs: "every epoch", "every 10 epochs", "at 7 epochs"."""
+    d = np.diff(x)
+    if d.size and (d == d[0]).all():
+        return "every epoch" if d[0] == 1 else f"every {int(d[0])} epochs"
+    return f"at {x.size} epoch{'s' if x.size != 1 else ''}"
+
+
+def fig_loss_curves(tree: xr.DataTree | xr.Dataset, *, trajectory: xr.Dataset | None = None) -> Figure:
     """Train and test loss (log scale) and accuracy over training, with the phases shaded (paper Fig. 1).
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with the ``phases`` group (for the shading; optional) and, without ``trajectory``, the
-        ``ablation`` group (``loss_train``, ``loss_test``, ``acc_train``, ``acc_test`` over ``checkpoint``).
+    tree : xarray.DataTree or xarray.Dataset
+        One of
+
+        - the run's trajectory (:func:`mechgrok.open_run`) with the curves ``train_loss``, ``test_loss`` (and
+          ``train_acc``, ``test_acc``) over ``epoch``: those are drawn;
+        - the analysis tree (:func:`mechgrok.analyze`): its ``ablation`` group (``loss_train``, ``loss_test``,
+          and ``acc_train``, ``acc_test`` where present, over ``checkpoint``) is drawn, unless ``trajectory`` is
+          given; its ``phases`` group (optional) is shaded;
+        - a Dataset with those ablation variables over ``checkpoint`` (:func:`mechgrok.progress_measures`,
+          :func:`mechgrok.ablation_losses`).
     trajectory : xarray.Dataset, optional
-        The run's trajectory (:func:`mechgrok.open_run`). When it has the per-epoch curves ``train_loss``,
-        ``test_loss`` (dim ``epoch``; the training objective: cross-entropy over all p + 1 classes, float64) and
-        ``train_acc``/``test_acc``, those are drawn at every epoch; otherwise the analysis losses at the
-        checkpoints (over the p non-``=`` classes) are.
+        The run's trajectory, whose curves are drawn instead of the analysis losses (when it has them). The
+        curves are the training objective (cross-entropy over all p + 1 classes, float64, nats), each drawn
+        over the epochs it was logged at: a curve logged every k epochs (``attrs["log_every"]``, e.g. the test
+        loss of the paper's ``full_run_data.pth``) is NaN between them on the shared ``epoch`` dim, and those
+        NaNs are left out, not interpolated. The analysis losses are over the p non-``=`` classes.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Two panels: loss (nats, log scale) and accuracy (fraction) against epoch.
+        Two panels: loss (nats, log scale) and accuracy (fraction) against epoch; the title says how often
+        each curve was logged.
 
     Raises
     ------
     AnalysisError
-        If neither the trajectory curves nor the ``ablation`` group is available.
+        If neither the trajectory's curves nor the ablation losses are available.
     """
     name = "loss curves"
-    spans = phase_spans(tree) if isinstance(tree, xr.DataTree) else []
-    if trajectory is not None and "train_loss" in trajectory and "test_loss" in trajectory and "epoch" in trajectory.dims:
-        x = trajectory["epoch"].values
-        curves = {k: trajectory[v].values for k, v in
-                  (("train", "train_loss"), ("test", "test_loss"), ("train_acc", "train_acc"), ("test_acc", "test_acc"))
-                  if v in trajectory}
-        source = "every epoch; training objective: cross-entropy over the p + 1 classes"
+    spans = phase_spans(tree)
+    if trajectory is None and _has_curves(tree):
+        trajectory = tree
+    if _has_curves(trajectory):
+        curves = {k: _logged(trajectory[v]) for k, v in _CURVES if v in trajectory}
+        cad_train, cad_test = _cadence(curves["train"][0]), _cadence(curves["test"][0])
+        cadence = cad_train if cad_train == cad_test else f"train {cad_train}, test {cad_test}"
+        source = f"{cadence}; cross-entropy over the p + 1 classes"
     else:
-        ab = group(tree, "ablation", figure=name)
+        if isinstance(tree, xr.Dataset) and not all(v in tree for v in _AB_LOSSES):
+            raise AnalysisError(
+                f"figure {name!r} needs the curves train_loss, test_loss over epoch (the trajectory of "
+                f"{PRODUCERS['curves']}) or the losses loss_train, loss_test over checkpoint (from "
+                f"{PRODUCERS['ablation']}); the Dataset has neither"
+            )
+        ab = group(tree, "ablation", needs=_AB_LOSSES, figure=name)
         x = _epochs(ab)
-        curves = {"train": ab["loss_train"].values, "test": ab["loss_test"].values,
-                  "train_acc": ab["acc_train"].values, "test_acc": ab["acc_test"].values}
+        curves = {k: (x, ab[v].values) for k, v in
+                  (("train", "loss_train"), ("test", "loss_test"), ("train_acc", "acc_train"), ("test_acc", "acc_test"))
+                  if v in ab}
         source = "at the checkpoints; cross-entropy over the p non-'=' classes"
+    every = np.concatenate([x for x, _ in curves.values()])
+    span = np.array([every.min(), every.max()]) if every.size else every
+
+    def line(ax, key: str, label: str) -> None:
+        x, y = curves[key]
+        ax.plot(x, y, color=COLORS[label], label=label, marker="o" if x.size == 1 else None, ms=3)
+
     with paper_style():
         fig = new_figure(FULL_WIDTH, 2.9)
         ax, ax2 = fig.subplots(1, 2, width_ratios=(1.5, 1))
         shade_phases(ax, spans)
-        ax.plot(x, curves["train"], color=COLORS["train"], label="train")
-        ax.plot(x, curves["test"], color=COLORS["test"], label="test")
+        line(ax, "train", "train")
+        line(ax, "test", "test")
         _log_loss_axis(ax)
-        _xlim(ax, np.asarray(x))
+        _xlim(ax, span)
         ax.set_title("Loss")
         ax.legend(loc="lower left")
         shade_phases(ax2, spans)
         if "train_acc" in curves and "test_acc" in curves:
-            ax2.plot(x, curves["train_acc"], color=COLORS["train"], label="train")
-            ax2.plot(x, curves["test_acc"], color=COLORS["test"], label="test")
+            line(ax2, "train_acc", "train")
+            line(ax2, "test_acc", "test")
             ax2.legend(loc="center right")
         ax2.set_ylim(-0.02, 1.02)
-        _xlim(ax2, np.asarray(x))
+        _xlim(ax2, span)
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("accuracy")
         ax2.set_title("Accuracy")
@@ -118,19 +166,30 @@ def _panel(ax, x, series, spans, *, title: str, ylabel: str, log: bool = True) -
     ax.legend(loc="best")
 
 
-def fig_progress_measures(tree: xr.DataTree) -> Figure:
+_AB_NEEDS = ("loss_train", "loss_test", "acc_train", "acc_test", "excluded_loss_full", "restricted_loss_all",
+             "restricted_acc_all")
+_ME_NEEDS = ("gini_W_E_component", "gini_W_logit_component", "sum_sq_weights_total")
+
+
+def fig_progress_measures(tree: xr.DataTree | xr.Dataset) -> Figure:
     """The progress measures over training with the phases shaded (paper Fig. 7, section 5.1).
 
     Panels: excluded loss (all key frequencies removed, train split) with the train and test loss; restricted
     loss (only the key frequencies kept, all pairs) with the test loss; test and train loss; Gini coefficient of
     the Fourier-component norms of ``W_E`` and ``W_logit``; total sum of squared weights; and the local learning
-    coefficient (mean +/- std over chains) when the tree has an ``llc`` group, else train, test and restricted
+    coefficient (mean +/- std over chains) where ``llc_mean`` is available, else train, test and restricted
     accuracy.
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with groups ``ablation`` and ``measures`` (and optionally ``phases``, ``llc``).
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with groups ``ablation`` and ``measures`` (and optionally
+        ``phases``, ``llc``), or one Dataset with the variables of both, as :func:`mechgrok.progress_measures`
+        returns it (e.g. ``fig_progress_measures(mechgrok.progress_measures(ds, key_freqs=[14, 35]))``). Read:
+        ``loss_train``, ``loss_test``, ``acc_train``, ``acc_test``, ``excluded_loss_full``,
+        ``restricted_loss_all``, ``restricted_acc_all`` and ``gini_W_E_component``, ``gini_W_logit_component``,
+        ``sum_sq_weights_total``, each over ``checkpoint`` (epochs); ``llc_mean``, ``llc_std`` (checkpoint) where
+        present (the tree's ``llc`` group, or the Dataset itself); attrs ``key_freqs`` (for the title).
 
     Returns
     -------
@@ -140,11 +199,12 @@ def fig_progress_measures(tree: xr.DataTree) -> Figure:
     Raises
     ------
     AnalysisError
-        If the tree lacks ``ablation`` or ``measures``.
+        If a needed variable is missing (naming it and the function that produces it).
     """
     name = "progress measures"
-    ab = group(tree, "ablation", figure=name)
-    me = group(tree, "measures", figure=name)
+    ab = group(tree, "ablation", needs=_AB_NEEDS, figure=name)
+    me = group(tree, "measures", needs=_ME_NEEDS, figure=name)
+    ll = optional_group(tree, "llc", needs=("llc_mean", "llc_std"))
     spans = phase_spans(tree)
     x = _epochs(ab)
     xm = _epochs(me)
@@ -169,8 +229,7 @@ def fig_progress_measures(tree: xr.DataTree) -> Figure:
                spans, title="Sum of squared weights", ylabel="sum of squared weights", log=False)
         axes[1, 1].get_legend().remove()
         ax = axes[1, 2]
-        if has_groups(tree, "llc"):
-            ll = group(tree, "llc", figure=name)
+        if ll is not None:
             xl = _epochs(ll)
             mean, std = ll["llc_mean"].values.astype(float), ll["llc_std"].values.astype(float)
             shade_phases(ax, spans)
@@ -195,19 +254,23 @@ def fig_progress_measures(tree: xr.DataTree) -> Figure:
     return fig
 
 
-def fig_key_frequency_ablations(tree: xr.DataTree) -> Figure:
+def fig_key_frequency_ablations(tree: xr.DataTree | xr.Dataset) -> Figure:
     """Excluded loss per key frequency and the restricted loss over training (paper Figs. 7, 15; section 5.1).
 
     Left: the excluded loss on the training split with one key frequency k removed (one line per k), with all
-    of them removed ("all key"), and the largest excluded loss over the non-key frequencies when the tree has
+    of them removed ("all key"), and the largest excluded loss over the non-key frequencies where there is
     ``excluded_loss_by_freq``; the train loss for comparison. Right: the restricted loss (only the key
     frequencies kept, with the constant) on all pairs, the train and the test split, with the test loss. The
     restricted loss exists only for the whole key set (removing one frequency is the excluded loss).
 
     Parameters
     ----------
-    tree : xarray.DataTree
-        Analysis tree with the ``ablation`` group (and optionally ``phases``).
+    tree : xarray.DataTree or xarray.Dataset
+        The analysis tree (:func:`mechgrok.analyze`) with the ``ablation`` group (and optionally ``phases``),
+        or a Dataset of :func:`mechgrok.ablation_losses` or :func:`mechgrok.progress_measures`. Read:
+        ``excluded_loss`` (checkpoint, key_freq), ``excluded_loss_full``, ``loss_train``, ``loss_test``,
+        ``restricted_loss_all``, ``restricted_loss_train``, ``restricted_loss_test`` (checkpoint), and
+        ``excluded_loss_by_freq`` (checkpoint, freq) where present (``all_freqs=True``).
 
     Returns
     -------
@@ -217,10 +280,12 @@ def fig_key_frequency_ablations(tree: xr.DataTree) -> Figure:
     Raises
     ------
     AnalysisError
-        If the tree lacks ``ablation``.
+        If a needed variable is missing (naming it and the function that produces it).
     """
     name = "key-frequency ablations"
-    ab = group(tree, "ablation", figure=name)
+    ab = group(tree, "ablation", needs=("excluded_loss", "excluded_loss_full", "loss_train", "loss_test",
+                                        "restricted_loss_all", "restricted_loss_train", "restricted_loss_test"),
+               figure=name)
     spans = phase_spans(tree)
     x = _epochs(ab)
     ks = [int(k) for k in ab["key_freq"].values]

@@ -12,6 +12,7 @@ from pathlib import Path
 import xarray as xr
 
 from mechgrok.errors import CheckpointError, ConfigError
+from mechgrok.store.assemble import CurveCadenceError
 from mechgrok.store.detect import FORMATS, check_format, detect_folder_format, detect_object_format
 from mechgrok.store.ingest import ingest
 from mechgrok.store.own import load_run_dir
@@ -33,6 +34,7 @@ __all__ = [
     "append_checkpoints",
     "append_curves",
     "repair_store",
+    "CurveCadenceError",
 ]
 
 
@@ -61,7 +63,7 @@ def open_run(
         files from a trusted source.
     seed, frac_train : optional
         For modular models whose source does not store the split: rebuild it with these (the paper's
-        procedure, :func:`mechgrok.data.split_indices`) instead of the source config's values or the paper's
+        procedure, :func:`mechgrok.tasks.modular_arithmetic.split_indices`) instead of the source config's values or the paper's
         defaults 0 and 0.3. Refused for sources that store their split.
 
     Returns
@@ -82,6 +84,9 @@ def open_run(
     CheckpointError
         Missing path, empty or unrecognised folder, unreadable or truncated file, missing keys, wrong shapes,
         mixed configs across checkpoints, NaN/Inf weights, a p that does not match the vocabulary.
+    CurveCadenceError
+        A :class:`CheckpointError` for loss lists whose lengths fix no single logging stride (``docs/store.md``,
+        "Curves").
     UnsafeCheckpointError
         A file that needs a full unpickle, without ``trusted=True``.
     ConfigError

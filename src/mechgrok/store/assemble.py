@@ -12,15 +12,25 @@ The modulus p
 The split
     Stored where the source stores it (mechgrok's ``split.json``, TransformerLens' ``train_indices``, the
     paper's ``init.pth`` ``train_data``); otherwise rebuilt with the paper's procedure
-    (:func:`mechgrok.data.split_indices`: ``random.seed(seed)``, ``random.shuffle`` of the lexicographic
+    (:func:`mechgrok.tasks.modular_arithmetic.split_indices`: ``random.seed(seed)``, ``random.shuffle`` of the lexicographic
     ``(a, b, =)`` list, the first ``int(frac_train * p**2)`` pairs train). ``seed`` and ``frac_train`` are the
     caller's, else the source config's, else the paper's 0 and 0.3. The attrs say which (``split``,
     ``split_seed``, ``split_frac_train``, ``split_rule``).
 
 Curves
-    A list of per-epoch losses maps index i to epoch i. A second list that is k times shorter (k an
-    integer) maps index j to epoch k * j: the mainline run stores test losses every 10 epochs, the
-    induction-head run every 4 (paper.md section 7, pitfall 12). ``attrs["curve_epochs"]`` records the rule.
+    Loss lists are placed on epochs by their lengths (:func:`loss_curves`, :func:`infer_stride`). The longest
+    list is the reference: its index i is epoch i, so it spans epochs 0 .. n - 1. A list of m entries is taken
+    to be logged at epochs 0, k, 2k, ..., (m - 1) * k for one integer stride k >= 1: every epoch divisible by
+    k inside that span, the first epoch included, as a training loop with ``if epoch % k == 0`` logs it. So
+    m = ceil(n / k), i.e. (m - 1) * k <= n - 1 < m * k. The mainline run stores test losses at a stride of 10,
+    the induction-head run at 4 (paper.md section 7, pitfall 12). The authors'
+    ``wd_10-1_mod_addition_loss_curve.pth`` has n = 107,791 and m = 10,780: k = 10, and the last test loss is
+    at epoch 107,790, the final epoch (its ``epoch``, and where its stopping threshold was crossed).
+    If no integer k fits the lengths, or more than one does (a list of 2 entries beside 1,001), the load fails
+    with :class:`CurveCadenceError` naming the file and the lengths; the epochs are never guessed. Lists of
+    equal length all have k = 1. ``attrs["curve_epochs"]`` states the rule applied; each curve variable's
+    ``attrs["log_every"]`` holds its stride (where its epochs are evenly spaced). Between logged epochs a
+    curve is NaN on the shared ``epoch`` dim: nothing is interpolated.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.data import split_indices, train_mask
+from mechgrok.tasks.modular_arithmetic import split_indices, train_mask
 from mechgrok.errors import CheckpointError, ConfigError
 from mechgrok.store.layouts import ConvertedModel
 from mechgrok.store.safe_load import MissingClass
@@ -41,7 +51,7 @@ from mechgrok.store.schema import build_dataset
 
 __all__ = [
     "PAPER_SEED", "PAPER_FRAC_TRAIN", "json_safe", "config_dict", "require_key", "as_epoch", "epoch_list",
-    "loss_curves", "modulus", "assemble",
+    "CurveCadenceError", "infer_stride", "loss_curves", "curve_log_every", "modulus", "assemble",
 ]
 
 #: The paper's split seed and training fraction, used when a source stores neither (paper.md 2.1).
@@ -112,33 +122,160 @@ def _float_array(values: Any, *, name: str, path: Any) -> np.ndarray:
         raise CheckpointError(f"{name} is not a list of numbers ({e})", path=path) from None
 
 
+class CurveCadenceError(CheckpointError):
+    """Loss lists whose lengths fix no single logging stride, so their epochs cannot be inferred.
+
+    Raised instead of guessing (module docstring, "Curves"). The message names the file, the lists and their
+    lengths; ``lengths`` holds them as ``{list name: length}``.
+    """
+
+    def __init__(self, message: str, *, path: Any = None, lengths: Mapping[str, int] | None = None):
+        super().__init__(message, path=path)
+        self.lengths = dict(lengths or {})
+
+
+def infer_stride(
+    n_ref: int, n: int, *, name: str = "list", ref_name: str = "the longest list", path: Any = None
+) -> int:
+    """The stride k at which a list of ``n`` entries was logged beside a per-epoch list of ``n_ref`` entries.
+
+    The reference list spans epochs 0 .. n_ref - 1. The other list's entry j is epoch k * j for the one
+    integer k >= 1 with ``n == ceil(n_ref / k)``, i.e. ``(n - 1) * k <= n_ref - 1 < n * k``: it was logged
+    at every epoch divisible by k in that span, epoch 0 and (when divisible) the last epoch included.
+
+    Parameters
+    ----------
+    n_ref : int
+        Length of the reference (longest) list, >= 1.
+    n : int
+        Length of the other list, 1 <= n <= n_ref.
+    name, ref_name : str
+        The lists' names, for the error message (e.g. ``"test_losses"``, ``"train_losses"``).
+    path : str or Path, optional
+        The file, for the error message.
+
+    Returns
+    -------
+    int
+        The stride k (1 when the lengths are equal).
+
+    Raises
+    ------
+    CurveCadenceError
+        If no integer k fits the lengths (e.g. 300 entries beside 1,001), or more than one does (e.g. 2 entries
+        beside 1,001: any k from 501 to 1000), or ``n`` is not in 1 .. n_ref.
+
+    Examples
+    --------
+    >>> infer_stride(107_791, 10_780)
+    10
+    >>> infer_stride(50_000, 5_000)
+    10
+    >>> infer_stride(285_820, 71_455)
+    4
+    """
+    n_ref, n = int(n_ref), int(n)
+    lengths = {ref_name: n_ref, name: n}
+    if not 1 <= n <= n_ref:
+        raise CurveCadenceError(f"{name} has {n} entries, {ref_name} {n_ref}: expected 1 to {n_ref}",
+                                path=path, lengths=lengths)
+    if n == n_ref:
+        return 1
+    lo = (n_ref - 1) // n + 1  # the smallest k with n * k > n_ref - 1
+    hi = (n_ref - 1) // (n - 1) if n > 1 else None  # the largest k with (n - 1) * k <= n_ref - 1 (none for n = 1)
+    where = (f"{name} has {n} entr{'y' if n == 1 else 'ies'} and {ref_name} {n_ref} "
+             f"(epochs 0..{n_ref - 1}, ratio {n_ref / n:.6g})")
+    if hi is None or hi > lo:
+        shown = f"any k >= {lo}" if hi is None else f"k = {lo} to {hi}"
+        raise CurveCadenceError(
+            f"{where}: the logging stride of {name} is ambiguous ({shown} puts its entries at epochs 0, k, 2k, ... "
+            f"within the span); refusing to guess its epochs", path=path, lengths=lengths)
+    if hi < lo:
+        raise CurveCadenceError(
+            f"{where}: no integer stride k puts {n} entries at epochs 0, k, 2k, ... within the span "
+            f"(that needs {n} = ceil({n_ref} / k)); refusing to guess its epochs", path=path, lengths=lengths)
+    return lo
+
+
 def loss_curves(
     train_losses: Any = None, test_losses: Any = None, *, path: Any = None
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
-    """Place stored loss lists on epochs (module docstring, "Curves").
+    """Place stored loss lists on epochs, inferring each list's logging stride (module docstring, "Curves").
+
+    The longer list is per-epoch (index i is epoch i); the other one's entry j is epoch k * j, with the stride
+    k from :func:`infer_stride`. Empty or absent lists are left out.
+
+    Parameters
+    ----------
+    train_losses, test_losses : sequence of float or torch.Tensor, optional
+        The stored lists (``train_losses``/``test_losses`` of the paper's and TransformerLens' files).
+    path : str or Path, optional
+        The file they come from, for error messages.
 
     Returns
     -------
     curves : dict of str to (epochs, values)
-        ``train_loss`` and/or ``test_loss`` (float64, nats), int64 epochs.
+        ``train_loss`` and/or ``test_loss``: int64 epochs and float64 values (nats).
     rule : str
-        A sentence saying which index went to which epoch (stored as ``attrs["curve_epochs"]``).
+        A sentence saying which index went to which epoch and why (stored as ``attrs["curve_epochs"]``).
+
+    Raises
+    ------
+    CheckpointError
+        If a list is not a list of numbers.
+    CurveCadenceError
+        If the lengths fix no single stride (:func:`infer_stride`); the message names the file and the lengths.
+
+    Examples
+    --------
+    >>> curves, rule = loss_curves([0.5] * 1001, [1.0] * 101)
+    >>> curves["test_loss"][0][[0, 1, -1]].tolist()
+    [0, 10, 1000]
+    >>> for part in rule.split("; "):
+    ...     print(part)
+    train_loss[i] is epoch i (1001 entries: epochs 0..1000)
+    test_loss[j] is epoch 10 * j (101 entries: epochs 0..1000, stride 10 inferred from the lengths: 101 = ceil(1001 / 10))
     """
+    lists: dict[str, tuple[str, np.ndarray]] = {}
+    given = (("train_loss", "train_losses", train_losses), ("test_loss", "test_losses", test_losses))
+    for curve, stored, values in given:
+        if values is not None:
+            arr = _float_array(values, name=stored, path=path)
+            if arr.size:
+                lists[curve] = (stored, arr)
+    if not lists:
+        return {}, ""
+    ref_curve = max(lists, key=lambda c: lists[c][1].size)  # the first of the longest on a tie
+    ref_stored, ref = lists[ref_curve]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rules = []
-    tr = None if train_losses is None else _float_array(train_losses, name="train_losses", path=path)
-    te = None if test_losses is None else _float_array(test_losses, name="test_losses", path=path)
-    if tr is not None and tr.size:
-        curves["train_loss"] = (np.arange(tr.size, dtype=np.int64), tr)
-        rules.append("train_loss[i] is epoch i")
-    if te is not None and te.size:
-        k = 1
-        if tr is not None and tr.size > te.size and tr.size % te.size == 0:
-            k = tr.size // te.size
-        curves["test_loss"] = (np.arange(te.size, dtype=np.int64) * k, te)
-        rules.append(f"test_loss[j] is epoch {k} * j (train/test list lengths {tr.size}/{te.size})" if k > 1
-                     else "test_loss[j] is epoch j")
+    for curve, (stored, arr) in lists.items():
+        k = infer_stride(ref.size, arr.size, name=stored, ref_name=ref_stored, path=path)
+        epochs = np.arange(arr.size, dtype=np.int64) * k
+        curves[curve] = (epochs, arr)
+        idx = "i" if curve == ref_curve else "j"
+        span = f"{arr.size} entries: epochs 0..{int(epochs[-1])}"
+        if k == 1:
+            rules.append(f"{curve}[{idx}] is epoch {idx} ({span})")
+        else:
+            rules.append(f"{curve}[{idx}] is epoch {k} * {idx} ({span}, stride {k} inferred from the lengths: "
+                         f"{arr.size} = ceil({ref.size} / {k}))")
     return curves, "; ".join(rules)
+
+
+def curve_log_every(epochs: Any) -> int | None:
+    """The spacing of a curve's epochs (its ``attrs["log_every"]``); None for fewer than 2 epochs or uneven ones.
+
+    Examples
+    --------
+    >>> curve_log_every([0, 10, 20]), curve_log_every([0, 5, 20]), curve_log_every([7])
+    (10, None, None)
+    """
+    e = np.asarray(epochs, dtype=np.int64).reshape(-1)
+    if e.size < 2:
+        return None
+    d = np.diff(e)
+    return int(d[0]) if d[0] > 0 and np.all(d == d[0]) else None
 
 
 def require_key(obj: Any, key: str, *, path: Path, what: str) -> Any:
@@ -259,7 +396,8 @@ def assemble(
         The source's config, stored under ``source_config`` in ``attrs["config_json"]`` and checked against the
         shapes (``d_model``, ``n_heads``/``num_heads``, ...). Its ``p``, ``seed`` and ``frac_train`` are used.
     curves, curve_rule
-        Loss curves (see :func:`loss_curves`).
+        Loss curves (see :func:`loss_curves`) and the sentence stored as ``attrs["curve_epochs"]``. A curve
+        whose epochs are evenly spaced gets its spacing as ``attrs["log_every"]`` (:func:`curve_log_every`).
     stored_train : numpy.ndarray, optional
         The training pairs, where the source stores them: flat grid indices ``a * p + b`` (1-D), or an (n, 2)
         array of ``(a, b)``.
@@ -362,6 +500,11 @@ def assemble(
     attrs.update(extra_attrs or {})
 
     weights = {name: np.stack([m.weights[name] for m in models]) for name in first.weights}
+    curve_attrs: dict[str, dict[str, Any]] = {}
+    for name, (e, _) in (curves or {}).items():
+        k = curve_log_every(e)
+        if k is not None:
+            curve_attrs[name] = {"log_every": k}
     return build_dataset(
         weights,
         epochs,
@@ -373,6 +516,6 @@ def assemble(
         source_files=[str(Path(f).resolve()) for f in source_files],
         p=p,
         attrs=attrs,
-        var_attrs={name: {"source_key": key} for name, key in first.source_keys.items()},
+        var_attrs={**{name: {"source_key": key} for name, key in first.source_keys.items()}, **curve_attrs},
     )
 

@@ -14,9 +14,9 @@ import torch
 import xarray as xr
 
 from mechgrok.config import Config
-from mechgrok.data import train_mask
+from mechgrok.tasks.modular_arithmetic import train_mask
 from mechgrok.errors import CheckpointError, ConfigError, RunDirError
-from mechgrok.model import PARAM_KEYS, param_shapes
+from mechgrok.models.transformer import PARAM_KEYS, param_shapes
 from mechgrok.rundir import list_checkpoints, read_checkpoint, read_config, read_metrics, read_split
 from mechgrok.store.schema import CURVE_NAMES, build_dataset
 

@@ -7,7 +7,9 @@ Dims
     increasing, units: epochs), so ``ds.sel(checkpoint=4000)`` is the model after 4000 epochs. (The name
     ``epoch`` is the dim of the loss curves, which have their own cadence; see ``docs/store.md``.)
 ``epoch``
-    The loss and accuracy curves, int64 epochs. A curve without a value at an epoch holds NaN.
+    The loss and accuracy curves, int64 epochs. A curve without a value at an epoch holds NaN (nothing is
+    interpolated). Curves loaded from the paper's or TransformerLens' files carry ``attrs["log_every"]``, the
+    spacing of their logged epochs (:func:`mechgrok.store.assemble.loss_curves`).
 ``vocab``, ``pos``, ``head``, ``d_model``, ``d_head``, ``d_mlp``, ``vocab_out``, ``layer``
     TransformerLens dim names. ``layer`` appears only for models with more than one layer.
 ``a``, ``b``
@@ -104,7 +106,8 @@ def build_dataset(
         More Dataset attrs (JSON-safe values), e.g. how the split was obtained (``split``, ``split_seed``,
         ``split_frac_train``, ``split_rule``) or the source layout (``source_layout``).
     var_attrs : mapping of str to mapping, optional
-        Attrs of individual weight variables, e.g. ``{"W_E": {"source_key": "embed.W_E"}}``.
+        Attrs of individual weight or curve variables, e.g. ``{"W_E": {"source_key": "embed.W_E"}}`` or
+        ``{"test_loss": {"log_every": 10}}``.
 
     Returns
     -------
@@ -138,7 +141,7 @@ def build_dataset(
             full = np.full(all_epochs.shape, np.nan)
             full[np.searchsorted(all_epochs, np.asarray(e, dtype=np.int64))] = np.asarray(v, dtype=np.float64)
             units = "nats" if name.endswith("loss") else "fraction"
-            data_vars[name] = (("epoch",), full, {"units": units})
+            data_vars[name] = (("epoch",), full, {"units": units, **dict((var_attrs or {}).get(name, {}))})
     if is_train is not None:
         is_train = np.asarray(is_train, dtype=bool)
         data_vars["is_train"] = (("a", "b"), is_train, {"long_name": "pair (a, b) is in the training split"})

@@ -13,24 +13,34 @@ function of (a, b) alone and to constants. ``cos_sim_k = alpha_k / |L|_F`` and, 
 * ``frac_var_key = sum_{k in K} alpha_k^2 / |L - mean(L)|_F^2``: the share of the variance around the grand
   mean (the paper's "95% of the variance").
 
-The (frequency, p^2, p) stack of cubes (646 MB in float64 for p = 113) is never built: with the 3D discrete
-Fourier transform, sum_{a,b,c} L cos(w (a + b - c)) = Re sum_{a,b,c} L e^{-i w (a + b - c)} is the entry
-(k, k, -k) of ``numpy.fft.fftn(L)``; it is read off a transform along a, the diagonal of a transform along b,
-and a transform along c, O(p^3 log p) per checkpoint.
+The (frequency, p^2, p) stack of cubes (646 MB in float64 for p = 113) is never built: the cubes depend on (a, b)
+only through s = (a + b) mod p, so alpha_k needs only the group sums G[s, c] = sum_{a + b = s} L[a, b, c]
+(p^3 additions) and two (p-1)/2 x p products with G, O(p^3) per checkpoint.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 import xarray as xr
 
-from mechgrok.activations import select_checkpoints, grid_activations, iter_checkpoint_chunks, model_p
+from mechgrok.analyses.modular.fourier import check_odd_p, grid_p
+from mechgrok.analyses.modular.grid import grid_pass, model_p
+from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
-from mechgrok.fourier import check_odd_p, grid_p
+from mechgrok.models.transformer import WEIGHT_NAMES
 
-__all__ = ["logit_structure_from_coefficients", "cos_coefficients", "logit_structure"]
+__all__ = [
+    "logit_structure_from_coefficients",
+    "cos_coefficients",
+    "cos_coefficient_arrays",
+    "LogitStructure",
+    "logit_structure",
+]
 
 
 def cos_coefficients(logits: xr.DataArray) -> xr.Dataset:
@@ -55,18 +65,35 @@ def cos_coefficients(logits: xr.DataArray) -> xr.Dataset:
     """
     need = ("checkpoint", "a", "b", "c")
     p = grid_p(logits, need, "logits")
+    L = torch.from_numpy(np.asarray(logits.transpose(*need).values, dtype=np.float64))
+    return _coefficients_dataset(cos_coefficient_arrays(L.reshape(L.shape[0], p * p, p), p), logits["checkpoint"].values)
+
+
+def cos_coefficient_arrays(L: torch.Tensor, p: int) -> dict[str, np.ndarray]:
+    """alpha_k, cos_sim, |L|_F^2 and |L - mean L|_F^2 from logits (..., p*p, p), rows a * p + b (torch float64).
+
+    alpha_k needs only the group sums G[s, c] = sum_{a + b = s mod p} L[a, b, c] (p^3 additions):
+    sum_{a,b,c} L cos(w (a + b - c)) = sum_{s,c} G[s, c] (cos ws cos wc + sin ws sin wc).
+    """
+    L = L.to(torch.float64)
     K = (p - 1) // 2
-    L = np.asarray(logits.transpose(*need).values, dtype=np.float64)
-    k = np.arange(1, K + 1)
-    A = np.fft.fft(L, axis=1)[:, 1 : K + 1]  # (ck, k, b, c): sum_a L e^{-i w_k a}
-    phase_b = np.exp(-2j * np.pi * np.outer(k, np.arange(p)) / p)  # (k, b)
-    Ab = np.einsum("ckbz,kb->ckz", A, phase_b)  # (ck, k, c): sum_{a,b} L e^{-i w_k (a + b)}
-    phase_c = np.exp(2j * np.pi * np.outer(k, np.arange(p)) / p)  # (k, c)
-    S = np.einsum("ckz,kz->ck", Ab, phase_c).real  # sum L cos(w_k (a + b - c))
-    alpha = S / np.sqrt(p**3 / 2)
-    norm_sq = (L**2).sum(axis=(1, 2, 3))
-    var_sq = ((L - L.mean(axis=(1, 2, 3), keepdims=True)) ** 2).sum(axis=(1, 2, 3))
-    cos_sim = np.divide(alpha, np.sqrt(norm_sq)[:, None], out=np.zeros_like(alpha), where=norm_sq[:, None] > 0)
+    ar = torch.arange(p, device=L.device)
+    s_idx = ((ar[:, None] + ar[None, :]) % p).reshape(-1)
+    G = L.new_zeros((*L.shape[:-2], p, p)).index_add(-2, s_idx, L)  # (..., s, c)
+    w = 2 * math.pi * torch.outer(torch.arange(1, K + 1, dtype=torch.float64), torch.arange(p, dtype=torch.float64)) / p
+    cos, sin = torch.cos(w).to(L.device), torch.sin(w).to(L.device)  # (K, x)
+    S = ((cos @ G) * cos).sum(-1) + ((sin @ G) * sin).sum(-1)  # (..., K): sum L cos(w_k (a + b - c))
+    alpha = (S / math.sqrt(p**3 / 2)).cpu().numpy()
+    norm_sq = L.square().sum(dim=(-2, -1))
+    var_sq = (L - L.mean(dim=(-2, -1), keepdim=True)).square().sum(dim=(-2, -1))
+    norm_sq, var_sq = norm_sq.cpu().numpy(), var_sq.cpu().numpy()
+    cos_sim = np.divide(alpha, np.sqrt(norm_sq)[..., None], out=np.zeros_like(alpha), where=norm_sq[..., None] > 0)
+    return {"alpha": alpha, "cos_sim": cos_sim, "logit_norm_sq": norm_sq, "logit_var_sq": var_sq}
+
+
+def _coefficients_dataset(v: dict[str, np.ndarray], checkpoint: np.ndarray) -> xr.Dataset:
+    alpha, cos_sim, norm_sq, var_sq = v["alpha"], v["cos_sim"], v["logit_norm_sq"], v["logit_var_sq"]
+    k = np.arange(1, alpha.shape[-1] + 1)
     return xr.Dataset(
         {
             "alpha": (("checkpoint", "freq"), alpha, {"description": "<C_k, L>, C_k = cos(w_k (a+b-c)) / |.|_F", "units": "logits"}),
@@ -74,33 +101,55 @@ def cos_coefficients(logits: xr.DataArray) -> xr.Dataset:
             "logit_norm_sq": (("checkpoint",), norm_sq, {"description": "|L|_F^2 (uncentred)", "units": "logits^2"}),
             "logit_var_sq": (("checkpoint",), var_sq, {"description": "|L - mean(L)|_F^2", "units": "logits^2"}),
         },
-        coords={"checkpoint": logits["checkpoint"].values, "freq": k},
+        coords={"checkpoint": checkpoint, "freq": k},
     )
+
+
+@dataclass
+class LogitStructure:
+    """Engine kernel (:mod:`mechgrok.engine`): the cos(w (a + b - c)) coefficients of one checkpoint's logits,
+    from the shared grid pass; ``assemble`` adds the key frequencies' share."""
+
+    key_freqs: list[int] | None = None
+    name: str = "logits"
+    weights: tuple[str, ...] | None = WEIGHT_NAMES
+    needs: frozenset[str] = frozenset()
+
+    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+        g = grid_pass(ck)
+        return cos_coefficient_arrays(g.logits, g.p)
+
+    def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
+        out = logit_structure_from_coefficients(_coefficients_dataset(values, np.asarray(checkpoint.values)),
+                                                key_freqs=self.key_freqs)
+        out["checkpoint"].attrs = dict(checkpoint.attrs)
+        return out
 
 
 def logit_structure(
     ds: xr.Dataset,
     *,
     key_freqs: Sequence[int] | None = None,
-    checkpoints: slice | list | None = None,
-    chunk: int = 4,
+    chunk: int = DEFAULT_CHUNK,
+    device: str | torch.device | None = "cpu",
 ) -> xr.Dataset:
     """Coefficients alpha_k of cos(w_k (a + b - c)) in the logits, and the share the key frequencies explain.
 
     Paper section 4.2 ("explains 95% of the variance") and the notebook's ``cos_coeffs`` / ``cos_sim``
-    (paper Fig. 14); formulas in the module docstring.
+    (paper Fig. 14); formulas in the module docstring. The logits come from the float64 grid pass of each
+    checkpoint through :func:`mechgrok.engine.run`.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        Canonical one-layer trajectory with an odd ``attrs["p"]``.
+        Canonical one-layer trajectory with an odd ``attrs["p"]``, selected along ``checkpoint`` by the caller.
     key_freqs : sequence of int, optional
         The key set K (e.g. ``key_frequencies(ds)["key_freqs"].values``); without it only the per-frequency
         quantities are returned.
-    checkpoints : slice or list, optional
-        ``isel`` selection along ``checkpoint``; default all.
     chunk : int
-        Checkpoints per forward pass (memory about chunk * p^3 * 40 bytes: 0.23 GB per checkpoint at p = 113).
+        Checkpoints whose weights are read at once.
+    device : str, torch.device or None
+        Where the forward pass runs (None: CUDA when available).
 
     Returns
     -------
@@ -113,7 +162,8 @@ def logit_structure(
     Raises
     ------
     AnalysisError
-        If p is missing or even, the model is multi-layer, or a key frequency is outside 1..(p-1)/2.
+        If p is missing or even, the model is multi-layer, no checkpoint is selected, or a key frequency is
+        outside 1..(p-1)/2.
     """
     p = check_odd_p(model_p(ds))
     K = (p - 1) // 2
@@ -122,12 +172,7 @@ def logit_structure(
         bad = [k for k in key_freqs if not 1 <= k <= K]
         if bad:
             raise AnalysisError(f"key frequencies must lie in 1..{K}, got {bad}")
-    ds = select_checkpoints(ds, checkpoints)
-    parts = [
-        cos_coefficients(grid_activations(sub, chunk=chunk, include=("logits",))["logits"])
-        for sub in iter_checkpoint_chunks(ds, chunk)
-    ]
-    return logit_structure_from_coefficients(xr.concat(parts, dim="checkpoint"), key_freqs=key_freqs)
+    return run(ds, [LogitStructure(key_freqs=key_freqs)], chunk=chunk, device=device)["logits"]
 
 
 def logit_structure_from_coefficients(coeffs: xr.Dataset, *, key_freqs: Sequence[int] | None = None) -> xr.Dataset:

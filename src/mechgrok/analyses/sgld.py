@@ -1,6 +1,6 @@
 """Localised stochastic-gradient Langevin dynamics (SGLD), many chains as one batched computation.
 
-The sampler behind the local learning coefficient (:mod:`mechgrok.llc`; Lau et al. 2023, arXiv 2308.12108;
+The sampler behind the local learning coefficient (:mod:`mechgrok.analyses.llc`; Lau et al. 2023, arXiv 2308.12108;
 ``beyond.md`` 1.2). Every chain ``c`` starts at its centre ``w*_c`` and follows
 
     w_{t+1} = w_t - (eps / 2) * [ nbeta * grad L_t(w_t) + gamma * (w_t - w*) + weight_decay * w_t ] + sqrt(eps) * xi_t,
@@ -26,7 +26,7 @@ are batched.
 A chain whose loss becomes NaN or infinite (a non-finite gradient shows up as a non-finite loss one step later)
 is frozen at its centre from that step on (so it cannot poison the arithmetic of the batch) and its later losses
 are recorded as NaN; :attr:`SGLDResult.dead_at` says when. Whether a chain *diverged* in the wider sense (a loss blow-up) is judged from the losses by
-:mod:`mechgrok.llc`.
+:mod:`mechgrok.analyses.llc`.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def sgld_sample(
     grad_fn : callable, optional
         ``grad_fn(params, batch, grads) -> (chain,) float64``: the same loss as ``loss_fn`` with its gradient
         written into ``grads`` (views of one flat buffer, named and shaped like ``params``), e.g. a hand-written
-        backward pass (:class:`mechgrok.loss_gradient.LossGradient`). Used for every step instead of autograd.
+        backward pass (:class:`mechgrok.analyses.modular.loss_gradient.LossGradient`). Used for every step instead of autograd.
 
     Returns
     -------

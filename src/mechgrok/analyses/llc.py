@@ -7,7 +7,7 @@ from the localised, tempered posterior ``p(w) ~ exp(-nbeta L(w) - gamma/2 ||w - 
 
     lambda_hat(w*) = nbeta * ( E_w[ L(w) ] - L(w*) ),
 
-the expectation taken over SGLD draws (:mod:`mechgrok.sgld`; ``beyond.md`` 1.2). Per chain ``c``:
+the expectation taken over SGLD draws (:mod:`mechgrok.analyses.sgld`; ``beyond.md`` 1.2). Per chain ``c``:
 ``lambda_c = nbeta * (mean_t L_{c,t} - L(w*))``; the estimate is the mean over chains and its spread the standard
 deviation over chains (ddof = 1). Chains that diverge are reported and left out of both, never averaged in.
 
@@ -39,13 +39,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.activations import checkpoint_weights, model_p
-from mechgrok.data import grid_labels, grid_tokens
+from mechgrok.engine import checkpoint_weights
+from mechgrok.analyses.modular.grid import model_p
+from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens
 from mechgrok.errors import AnalysisError
-from mechgrok.loss import per_example_loss
-from mechgrok.loss_gradient import LossGradient
-from mechgrok.model import WEIGHT_NAMES, forward
-from mechgrok.sgld import GradFn, chain_seeds, sgld_sample
+from mechgrok.tasks.loss import per_example_loss
+from mechgrok.analyses.modular.loss_gradient import LossGradient
+from mechgrok.models.transformer import WEIGHT_NAMES, forward
+from mechgrok.analyses.sgld import GradFn, chain_seeds, sgld_sample
 
 __all__ = [
     "DEFAULTS",
@@ -249,7 +250,7 @@ def estimate_llc(
     loss_fn : callable
         ``loss_fn(params, batch) -> (chain,) float64`` mean loss per chain (nats for a log-likelihood), where
         ``params`` maps each name to a (chain, ...) tensor; ``batch`` is None for the full data set, else what
-        ``batch_fn`` returned. See :func:`mechgrok.sgld.sgld_sample`.
+        ``batch_fn`` returned. See :func:`mechgrok.analyses.sgld.sgld_sample`.
     params : mapping of str to torch.Tensor
         The point ``w*`` (no chain dim), ideally a local minimum of the loss.
     epsilon : float or sequence of float
@@ -265,7 +266,7 @@ def estimate_llc(
     num_chains, num_burnin, num_draws, steps_between_draws : int
         Chains; steps before the first draw; draws per chain; steps per draw.
     seed : int
-        Chain ``c`` draws its noise from :func:`mechgrok.sgld.chain_seeds` ``(seed)[c]``.
+        Chain ``c`` draws its noise from :func:`mechgrok.analyses.sgld.chain_seeds` ``(seed)[c]``.
     batch_fn : callable, optional
         Minibatch sampler ``batch_fn(generators) -> batch``; None samples with the full data set.
     init_loss : float, optional
@@ -276,7 +277,7 @@ def estimate_llc(
     keep_trace : bool
         Also return ``loss_trace`` (chain, draw).
     grad_fn : callable, optional
-        The loss with a gradient computed without autograd (:func:`mechgrok.sgld.sgld_sample`); by default
+        The loss with a gradient computed without autograd (:func:`mechgrok.analyses.sgld.sgld_sample`); by default
         autograd through ``loss_fn``.
 
     Returns
@@ -522,7 +523,7 @@ class TrainLoss:
 
     The float64 cross-entropy of the final-position logits over all ``d_vocab_out`` classes, averaged over the
     rows, exactly as :func:`mechgrok.train.train` computes it (``paper.md`` 2.1, 2.3). :meth:`gradient` is the
-    ``grad_fn`` of :func:`mechgrok.sgld.sgld_sample`.
+    ``grad_fn`` of :func:`mechgrok.analyses.sgld.sgld_sample`.
 
     Parameters
     ----------
@@ -534,8 +535,8 @@ class TrainLoss:
         Rows per minibatch; None for full-batch sampling.
     gradient : {"manual", "autograd"}
         How :meth:`gradient` computes the gradient: ``"manual"`` (default) with
-        :class:`mechgrok.loss_gradient.LossGradient` (per-token tables and a hand-written backward pass, about
-        twice as fast), ``"autograd"`` by autograd through :func:`mechgrok.model.forward`. Both give the same
+        :class:`mechgrok.analyses.modular.loss_gradient.LossGradient` (per-token tables and a hand-written backward pass, about
+        twice as fast), ``"autograd"`` by autograd through :func:`mechgrok.models.transformer.forward`. Both give the same
         numbers up to float rounding.
 
     Raises
@@ -613,7 +614,7 @@ class TrainLoss:
         """The mean loss per chain, with the gradient of its sum over chains written into ``grads``.
 
         ``grads`` holds tensors shaped like ``params`` (the ``grad_fn`` protocol of
-        :func:`mechgrok.sgld.sgld_sample`).
+        :func:`mechgrok.analyses.sgld.sgld_sample`).
         """
         if self.manual is not None:
             return self.manual(params, grads, batch)

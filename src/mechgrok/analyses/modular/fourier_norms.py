@@ -1,6 +1,6 @@
 """Fourier norms of the embedding and of the neuron-logit map, at every checkpoint (paper section 4.1, Fig. 3).
 
-With the orthonormal basis F of :mod:`mechgrok.fourier` (rows in the paper's order **[const, cos 1, sin 1,
+With the orthonormal basis F of :mod:`mechgrok.analyses.modular.fourier` (rows in the paper's order **[const, cos 1, sin 1,
 ..., cos (p-1)/2, sin (p-1)/2]**; ``shared/reference/paper.md`` 3.1-3.2):
 
 * embedding: drop the ``=`` row of ``W_E`` (vocab, d_model) and transform along the token axis,
@@ -15,15 +15,18 @@ all non-constant components, so shares sum to 1 over ``freq``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.activations import iter_checkpoint_chunks, model_p
+from mechgrok.analyses.modular.fourier import check_odd_p, fourier_basis
+from mechgrok.analyses.modular.grid import model_p
+from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
-from mechgrok.fourier import check_odd_p, fourier_basis
 
-__all__ = ["fourier_norms", "per_frequency"]
+__all__ = ["fourier_norms", "per_frequency", "FourierNorms", "component_norms", "norms_dataset"]
 
 
 def per_frequency(norm: xr.DataArray, *, dim: str = "fourier") -> xr.DataArray:
@@ -62,7 +65,9 @@ def _share(freq_norm: np.ndarray) -> np.ndarray:
     return np.divide(sq, tot, out=np.zeros_like(sq), where=tot > 0)
 
 
-def fourier_norms(ds: xr.Dataset, *, chunk: int = 64, include: tuple[str, ...] = ("W_E", "W_logit")) -> xr.Dataset:
+def fourier_norms(
+    ds: xr.Dataset, *, include: tuple[str, ...] = ("W_E", "W_logit"), chunk: int = DEFAULT_CHUNK
+) -> xr.Dataset:
     """Norms of ``W_E`` and ``W_logit`` per Fourier component and per frequency at every checkpoint.
 
     Paper section 4.1 and Fig. 3 (paper.md 3.2); the Gini coefficient of these norms is a progress measure
@@ -72,10 +77,10 @@ def fourier_norms(ds: xr.Dataset, *, chunk: int = 64, include: tuple[str, ...] =
     ----------
     ds : xarray.Dataset
         Canonical one-layer trajectory with an odd ``attrs["p"]``.
-    chunk : int
-        Checkpoints per step.
     include : tuple of str
         ``"W_E"`` and/or ``"W_logit"``.
+    chunk : int
+        Checkpoints whose weights are read at once.
 
     Returns
     -------
@@ -90,48 +95,68 @@ def fourier_norms(ds: xr.Dataset, *, chunk: int = 64, include: tuple[str, ...] =
     AnalysisError
         If p is missing or even, the model is multi-layer, or a weight is missing.
     """
-    p = check_odd_p(model_p(ds))
-    bad = [n for n in include if n not in ("W_E", "W_logit")]
-    if bad:
-        raise AnalysisError(f"unknown Fourier-norm inputs {bad}; known: W_E, W_logit")
-    F = fourier_basis(p).values
-    need = sorted({"W_E"} & set(include) | ({"W_out", "W_U"} if "W_logit" in include else set()))
-    missing = [n for n in need if n not in ds]
-    if missing:
-        raise AnalysisError(f"the trajectory lacks weights {missing}")
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in include}
-    for sub in iter_checkpoint_chunks(ds[need], chunk):
-        w = {n: np.asarray(sub[n].values) for n in need}
-        for name, arr in _component_norms(w, p, F, include).items():
-            parts[name].append(arr)
-    return _norms_dataset({n: np.concatenate(v) for n, v in parts.items()}, ds["checkpoint"].values, p)
+    return run(ds, [FourierNorms.for_trajectory(ds, include=include)], chunk=chunk, device="cpu")["fourier_norms"]
 
 
-def _component_norms(
-    w: dict[str, np.ndarray], p: int, F: np.ndarray, include: tuple[str, ...]
-) -> dict[str, np.ndarray]:
-    """Norm of every Fourier component of W_E and/or W_logit for a chunk of checkpoints, float64 (ck, fourier).
+@dataclass
+class FourierNorms:
+    """Engine kernel (:mod:`mechgrok.engine`): the Fourier norms of one checkpoint (weights only)."""
+
+    p: int
+    include: tuple[str, ...]
+    name: str = "fourier_norms"
+    weights: tuple[str, ...] | None = ()
+    needs: frozenset[str] = frozenset()
+
+    @classmethod
+    def for_trajectory(cls, ds: xr.Dataset, *, include: tuple[str, ...] = ("W_E", "W_logit")) -> "FourierNorms":
+        """The kernel for a trajectory.
+
+        Raises
+        ------
+        AnalysisError
+            If p is missing or even, the model is multi-layer, or ``include`` names an unknown input.
+        """
+        p = check_odd_p(model_p(ds))
+        bad = [n for n in include if n not in ("W_E", "W_logit")]
+        if bad:
+            raise AnalysisError(f"unknown Fourier-norm inputs {bad}; known: W_E, W_logit")
+        need = tuple(sorted({"W_E"} & set(include) | ({"W_out", "W_U"} if "W_logit" in include else set())))
+        return cls(p=p, include=tuple(include), weights=need)
+
+    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+        comps = component_norms(ck.weights, self.p, self.include)
+        return {k: v[0] for k, v in comps.items()}
+
+    def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
+        out = norms_dataset(values, np.asarray(checkpoint.values), self.p)
+        out["checkpoint"].attrs = dict(checkpoint.attrs)
+        return out
+
+
+def component_norms(w: dict[str, torch.Tensor], p: int, include: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Norm of every Fourier component of W_E and/or W_logit for checkpoints ``ck``, float64 (ck, fourier).
 
     ``w`` holds ``W_E`` (ck, vocab, d_model) and/or ``W_out`` (ck, d_mlp, d_model), ``W_U`` (ck, d_model,
-    vocab_out) in any float dtype. Plain BLAS matrix products (no einsum, no strided operands).
+    vocab_out) as tensors or arrays of any float dtype. Plain BLAS matrix products (no einsum, no strided operands).
     """
     out: dict[str, np.ndarray] = {}
-    Ft = torch.from_numpy(np.ascontiguousarray(F.T, dtype=np.float64))  # (x, fourier)
+    Ft = torch.from_numpy(np.ascontiguousarray(fourier_basis(p).values.T, dtype=np.float64))  # (x, fourier)
     if "W_E" in include:
-        W_E = torch.as_tensor(w["W_E"][:, :p]).to(torch.float64)  # (ck, x, d_model)
+        W_E = torch.as_tensor(w["W_E"][:, :p]).to("cpu", torch.float64)  # (ck, x, d_model)
         ck, _, d = W_E.shape
         hat = W_E.transpose(1, 2).reshape(ck * d, p) @ Ft  # (ck * d_model, fourier): one matrix product
         out["W_E"] = hat.view(ck, d, p).square().sum(1).sqrt().numpy()  # norm over d_model of each component
     if "W_logit" in include:
-        W_U = torch.as_tensor(w["W_U"][..., :p]).to(torch.float64)
-        W_logit = torch.as_tensor(w["W_out"]).to(torch.float64) @ W_U  # (ck, d_mlp, c)
+        W_U = torch.as_tensor(w["W_U"][..., :p]).to("cpu", torch.float64)
+        W_logit = torch.as_tensor(w["W_out"]).to("cpu", torch.float64) @ W_U  # (ck, d_mlp, c)
         ck, n, _ = W_logit.shape
         hat = W_logit.reshape(ck * n, p) @ Ft  # (ck * d_mlp, fourier)
         out["W_logit"] = hat.view(ck, n, p).square().sum(1).sqrt().numpy()  # norm over neurons of each component
     return out
 
 
-def _norms_dataset(comps: dict[str, np.ndarray], checkpoint: np.ndarray, p: int) -> xr.Dataset:
+def norms_dataset(comps: dict[str, np.ndarray], checkpoint: np.ndarray, p: int) -> xr.Dataset:
     """The Dataset of :func:`fourier_norms` from the component norms (ck, fourier) of each input."""
     basis = fourier_basis(p)
     coords = {

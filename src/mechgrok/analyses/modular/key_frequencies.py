@@ -19,7 +19,7 @@ very unlikely by chance (a random neuron's FVE at its best frequency is far belo
 the empty set before the circuit forms.
 
 **Agreement.** Each source ranks the frequencies: neurons by cluster size, W_E and W_logit by their Fourier
-norm share (:mod:`mechgrok.fourier_norms`). A source agrees with the set K when its |K| top-ranked
+norm share (:mod:`mechgrok.analyses.modular.fourier_norms`). A source agrees with the set K when its |K| top-ranked
 frequencies are exactly K; ``agree`` is True when all three do (False for an empty set). On a well-grokked model they do (the planted
 model, the quick fixture at 3000 epochs, the released no-weight-decay model); on the released float32
 low-precision model the W_logit ranking puts 3 (no cluster) above 6, and ``agree`` is False.
@@ -28,13 +28,14 @@ low-precision model the W_logit ranking puts 3 (no cluster) above 6, and ``agree
 from __future__ import annotations
 
 import numpy as np
+import torch
 import xarray as xr
 
-from mechgrok.activations import model_p
+from mechgrok.analyses.modular.grid import model_p
 from mechgrok.errors import AnalysisError
-from mechgrok.fourier import check_odd_p
-from mechgrok.fourier_norms import fourier_norms
-from mechgrok.neurons import PAPER_FVE_THRESHOLD, neuron_clusters
+from mechgrok.analyses.modular.fourier import check_odd_p
+from mechgrok.analyses.modular.fourier_norms import fourier_norms
+from mechgrok.analyses.modular.neurons import PAPER_FVE_THRESHOLD, neuron_clusters
 
 __all__ = ["RULE", "key_frequencies"]
 
@@ -60,6 +61,7 @@ def key_frequencies(
     min_logit_share_factor: float = 2.0,
     clusters: xr.Dataset | None = None,
     norms: xr.Dataset | None = None,
+    device: str | torch.device | None = "cpu",
 ) -> xr.Dataset:
     """The key frequencies at a reference checkpoint, with the rule, the evidence per frequency and agreement.
 
@@ -76,10 +78,12 @@ def key_frequencies(
     min_logit_share_factor : float
         Minimum W_logit norm share, as a multiple of the uniform share 1 / ((p-1)/2).
     clusters : xarray.Dataset, optional
-        :func:`mechgrok.neurons.neuron_clusters` output containing the reference checkpoint (saves the
+        :func:`mechgrok.analyses.modular.neurons.neuron_clusters` output containing the reference checkpoint (saves the
         forward pass); its threshold must equal ``threshold``.
     norms : xarray.Dataset, optional
-        :func:`mechgrok.fourier_norms.fourier_norms` output containing the reference checkpoint.
+        :func:`mechgrok.analyses.modular.fourier_norms.fourier_norms` output containing the reference checkpoint.
+    device : str, torch.device or None
+        Where the reference checkpoint's forward pass runs (None: CUDA when available).
 
     Returns
     -------
@@ -108,7 +112,7 @@ def key_frequencies(
         raise AnalysisError(f"reference epoch {ref} is not a checkpoint of the trajectory")
     sub = ds.sel(checkpoint=[ref])
     if clusters is None:
-        clusters = neuron_clusters(sub, threshold=threshold)
+        clusters = neuron_clusters(sub, threshold=threshold, device=device)
     elif abs(float(clusters.attrs.get("threshold", threshold)) - threshold) > 1e-12:
         raise AnalysisError(f"the given clusters used threshold {clusters.attrs.get('threshold')}, not {threshold}")
     if ref not in set(clusters["checkpoint"].values.tolist()):
@@ -141,7 +145,7 @@ def key_frequencies(
     )
     return xr.Dataset(
         {
-            "key_freqs": (("key",), key.astype(np.int64), {"description": "the key frequencies"}),
+            "key_freqs": (("key_freq",), key.astype(np.int64), {"description": "the key frequencies"}),
             "n_neurons": (("freq",), n_neurons, {"description": f"neurons in the cluster (FVE >= {threshold})"}),
             "neuron_share": (("freq",), neuron_share, {"units": "fraction"}),
             "W_E_share": (("freq",), W_E_share, {"description": "share of W_E's squared Fourier norm", "units": "fraction"}),
@@ -153,7 +157,7 @@ def key_frequencies(
             "agree_W_E": ((), bool(agree_W_E)),
             "agree_W_logit": ((), bool(agree_W_logit)),
         },
-        coords={"freq": freqs, "key": np.arange(len(key))},
+        coords={"freq": freqs, "key_freq": key.astype(np.int64)},
         attrs={
             "description": "key frequencies with their evidence (paper sections 4.1, 4.3, App. C.2)",
             "rule": rule,

@@ -80,8 +80,8 @@ def _need(measures: xr.Dataset, names: Sequence[str]) -> None:
     missing = [n for n in names if n not in measures]
     if missing:
         raise AnalysisError(
-            f"the phases need the progress measures {missing} (from mechgrok.ablation.ablation_losses and "
-            "mechgrok.measures.weight_measures, merged over checkpoint)"
+            f"the phases need the progress measures {missing} (from mechgrok.analyses.modular.ablation.ablation_losses and "
+            "mechgrok.analyses.modular.fourier_gini.weight_measures, merged over checkpoint)"
         )
 
 
@@ -111,8 +111,8 @@ def find_phases(
     measures : xarray.Dataset
         Progress measures over ``checkpoint`` (epochs, strictly increasing, at least 3): ``acc_train``,
         ``loss_train``, ``loss_test``, ``acc_test``, ``excluded_loss_full``, the ``restricted`` loss
-        (:func:`mechgrok.ablation.ablation_losses`), the ``gini_vars`` and optionally ``sum_sq_weights_total``
-        (:func:`mechgrok.measures.weight_measures`), e.g. ``xr.merge([losses, weights])``.
+        (:func:`mechgrok.analyses.modular.ablation.ablation_losses`), the ``gini_vars`` and optionally ``sum_sq_weights_total``
+        (:func:`mechgrok.analyses.modular.fourier_gini.weight_measures`), e.g. ``xr.merge([losses, weights])``.
     train_acc_threshold : float
         Training accuracy that counts as memorised (fraction).
     gini_vars : sequence of str

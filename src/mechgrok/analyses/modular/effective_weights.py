@@ -24,10 +24,13 @@ import math
 import numpy as np
 import xarray as xr
 
-from mechgrok.activations import iter_checkpoint_chunks, model_p
+from dataclasses import dataclass
+
+from mechgrok.analyses.modular.grid import model_p
+from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
 
-__all__ = ["EFFECTIVE_WEIGHTS", "effective_weights"]
+__all__ = ["EFFECTIVE_WEIGHTS", "effective_weights", "EffectiveWeights"]
 
 #: The effective weights :func:`effective_weights` can compute, and the trajectory weights each needs.
 EFFECTIVE_WEIGHTS: dict[str, tuple[str, ...]] = {
@@ -37,16 +40,12 @@ EFFECTIVE_WEIGHTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _weights64(sub: xr.Dataset, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    return {n: np.asarray(sub[n].values, dtype=np.float64) for n in names}
-
-
 def effective_weights(
     ds: xr.Dataset,
     *,
     include: tuple[str, ...] = ("W_logit", "W_neur", "W_attn"),
     scaled: bool = True,
-    chunk: int = 64,
+    chunk: int = DEFAULT_CHUNK,
 ) -> xr.Dataset:
     """Effective weights ``W_logit``, ``W_neur``, ``W_attn`` at every checkpoint (paper.md 3.6, row form).
 
@@ -60,7 +59,7 @@ def effective_weights(
         Divide ``W_attn`` by sqrt(d_head) (default, TransformerLens / ARENA convention and what the model's
         softmax sees); ``False`` gives the paper notebook's unscaled scores.
     chunk : int
-        Checkpoints per step (memory: about chunk * n_heads * p * d_mlp * 8 bytes for ``W_neur``).
+        Checkpoints whose weights are read at once.
 
     Returns
     -------
@@ -82,56 +81,65 @@ def effective_weights(
     missing = [w for w in needed if w not in ds]
     if missing:
         raise AnalysisError(f"the trajectory lacks weights {missing} needed by {list(include)}")
-    n_ck = ds.sizes["checkpoint"]
-    n_heads = ds.sizes["head"] if "head" in ds.dims else 0
-    shapes = {
-        "W_logit": (n_ck, ds.sizes.get("d_mlp", 0), p),
-        "W_neur": (n_ck, n_heads, p, ds.sizes.get("d_mlp", 0)),
-        "W_attn": (n_ck, n_heads, p),
-    }
-    out = {n: np.empty(shapes[n]) for n in include}  # filled chunk by chunk (no concatenation copy)
-    start = 0
-    for sub in iter_checkpoint_chunks(ds[list(needed)], chunk):
-        w = _weights64(sub, needed)
-        sl = slice(start, start + sub.sizes["checkpoint"])
-        start = sl.stop
+    res = run(ds, [EffectiveWeights(p=p, include=tuple(include), scaled=scaled, weights=needed)], chunk=chunk,
+              device="cpu")["effective_weights"]
+    res["checkpoint"].attrs = dict(ds["checkpoint"].attrs)
+    return res
+
+
+@dataclass
+class EffectiveWeights:
+    """Engine kernel (:mod:`mechgrok.engine`): the effective weights of one checkpoint (weights only, float64)."""
+
+    p: int
+    include: tuple[str, ...]
+    scaled: bool
+    weights: tuple[str, ...] | None
+    name: str = "effective_weights"
+    needs: frozenset[str] = frozenset()
+
+    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+        p = self.p
+        w = {n: v[0].cpu().numpy() for n, v in ck.weights.items()}
+        out: dict[str, np.ndarray] = {}
+        if "W_logit" in self.include:
+            out["W_logit"] = w["W_out"] @ w["W_U"][..., :p]
+        if "W_neur" in self.include:
+            ov = np.einsum("hmd,hdn->hmn", w["W_V"], w["W_O"])  # (head, d_model, d_model)
+            out["W_neur"] = np.einsum("vm,hmn->hvn", w["W_E"][:p], ov @ w["W_in"])
+        if "W_attn" in self.include:
+            x_eq = w["W_E"][p] + w["W_pos"][-1]  # (d_model,): residual at '=' before attention
+            q = np.einsum("m,hmd->hd", x_eq, w["W_Q"])
+            k = np.einsum("vm,hmd->hvd", w["W_E"][:p], w["W_K"])
+            score = np.einsum("hd,hvd->hv", q, k)
+            out["W_attn"] = score / math.sqrt(w["W_Q"].shape[-1]) if self.scaled else score
+        return out
+
+    def assemble(self, out: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
+        p, include, scaled = self.p, self.include, self.scaled
+        dims = {
+            "W_logit": ("checkpoint", "d_mlp", "c"),
+            "W_neur": ("checkpoint", "head", "vocab", "d_mlp"),
+            "W_attn": ("checkpoint", "head", "vocab"),
+        }
+        desc = {
+            "W_logit": "neuron-logit map W_out W_U[:, :p] (logits per unit neuron activation)",
+            "W_neur": "token-to-neuron map through each head's OV circuit, W_E[:p] W_V W_O W_in",
+            "W_attn": "attention score from '=' to each token, x_= W_Q W_K^T W_E[:p]^T"
+            + (" / sqrt(d_head)" if scaled else " (not divided by sqrt(d_head), as the paper's notebook)"),
+        }
+        data = {n: (dims[n], out[n], {"description": desc[n]}) for n in include}
+        coords: dict[str, object] = {"checkpoint": checkpoint.values}
+        if "W_neur" in include or "W_attn" in include:
+            coords["vocab"] = np.arange(p)
         if "W_logit" in include:
-            out["W_logit"][sl] = w["W_out"] @ w["W_U"][..., :p]
-        if "W_neur" in include:
-            ov = np.einsum("...hmd,...hdn->...hmn", w["W_V"], w["W_O"])  # (ck, head, d_model, d_model)
-            ov_in = ov @ w["W_in"][:, None]  # (ck, head, d_model, d_mlp)
-            out["W_neur"][sl] = np.einsum("...vm,...hmn->...hvn", w["W_E"][:, :p], ov_in)
-        if "W_attn" in include:
-            x_eq = w["W_E"][:, p] + w["W_pos"][:, -1]  # (ck, d_model): residual at '=' before attention
-            q = np.einsum("...m,...hmd->...hd", x_eq, w["W_Q"])
-            k = np.einsum("...vm,...hmd->...hvd", w["W_E"][:, :p], w["W_K"])
-            score = np.einsum("...hd,...hvd->...hv", q, k)
-            if scaled:
-                score = score / math.sqrt(w["W_Q"].shape[-1])
-            out["W_attn"][sl] = score
-    dims = {
-        "W_logit": ("checkpoint", "d_mlp", "c"),
-        "W_neur": ("checkpoint", "head", "vocab", "d_mlp"),
-        "W_attn": ("checkpoint", "head", "vocab"),
-    }
-    desc = {
-        "W_logit": "neuron-logit map W_out W_U[:, :p] (logits per unit neuron activation)",
-        "W_neur": "token-to-neuron map through each head's OV circuit, W_E[:p] W_V W_O W_in",
-        "W_attn": "attention score from '=' to each token, x_= W_Q W_K^T W_E[:p]^T"
-        + (" / sqrt(d_head)" if scaled else " (not divided by sqrt(d_head), as the paper's notebook)"),
-    }
-    data = {n: (dims[n], out[n], {"description": desc[n]}) for n in include}
-    coords: dict[str, object] = {"checkpoint": ds["checkpoint"].values}
-    if "W_neur" in include or "W_attn" in include:
-        coords["vocab"] = np.arange(p)
-    if "W_logit" in include:
-        coords["c"] = np.arange(p)
-    return xr.Dataset(
-        data,
-        coords=coords,
-        attrs={
-            "description": "effective weights (paper section 4 / appendix C.1; row form, '=' dropped)",
-            "scaled": int(bool(scaled)),
-            "p": p,
-        },
-    )
+            coords["c"] = np.arange(p)
+        return xr.Dataset(
+            data,
+            coords=coords,
+            attrs={
+                "description": "effective weights (paper section 4 / appendix C.1; row form, '=' dropped)",
+                "scaled": int(bool(scaled)),
+                "p": p,
+            },
+        )

@@ -26,10 +26,16 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from mechgrok.activations import select_checkpoints, grid_activations, iter_checkpoint_chunks, model_p
-from mechgrok.fourier import check_odd_p, grid_p
+from dataclasses import dataclass
 
-__all__ = ["attention_fit", "attention_fit_from_pattern"]
+import torch
+
+from mechgrok.analyses.modular.fourier import check_odd_p, grid_p
+from mechgrok.analyses.modular.grid import grid_pass, model_p
+from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
+from mechgrok.models.transformer import WEIGHT_NAMES
+
+__all__ = ["attention_fit", "attention_fit_from_pattern", "fit_arrays", "AttentionFit"]
 
 
 def attention_fit_from_pattern(attn_to_a: xr.DataArray) -> xr.Dataset:
@@ -52,9 +58,17 @@ def attention_fit_from_pattern(attn_to_a: xr.DataArray) -> xr.Dataset:
         If a dim is missing or p is even.
     """
     need = ("checkpoint", "head", "a", "b")
-    p = grid_p(attn_to_a, need, "attn_to_a")
+    grid_p(attn_to_a, need, "attn_to_a")
+    heads = attn_to_a["head"].values if "head" in attn_to_a.coords else None
+    return _fit_dataset(fit_arrays(np.asarray(attn_to_a.transpose(*need).values, dtype=np.float64)),
+                        attn_to_a["checkpoint"].values, heads)
+
+
+def fit_arrays(y: np.ndarray) -> dict[str, np.ndarray]:
+    """The fit of every frequency to attention patterns ``y`` (..., head, a, b), float64 numpy (see the module
+    docstring); returns the variables of :func:`attention_fit` as arrays with the same leading dims."""
+    p = y.shape[-1]
     K = (p - 1) // 2
-    y = np.asarray(attn_to_a.transpose(*need).values, dtype=np.float64)
     mean = y.mean(axis=(-2, -1))
     total = ((y - mean[..., None, None]) ** 2).sum(axis=(-2, -1))
     # constant attention: an RMS deviation within 64 float64 ulps of the pattern's scale is rounding, not signal
@@ -76,20 +90,34 @@ def attention_fit_from_pattern(attn_to_a: xr.DataArray) -> xr.Dataset:
     def pick(arr: np.ndarray) -> np.ndarray:
         return np.take_along_axis(arr, best[..., None], axis=-1)[..., 0]
 
-    coords = {"checkpoint": attn_to_a["checkpoint"].values, "freq": k}
-    if "head" in attn_to_a.coords:
-        coords["head"] = attn_to_a["head"].values
+    return {
+        "fve": fve,
+        "amplitude": amp,
+        "theta": theta,
+        "head_freq": np.where(defined, k[best], -1),
+        "head_fve": np.where(defined, pick(fve), np.nan),
+        "head_amplitude": np.where(defined, pick(amp), np.nan),
+        "head_theta": np.where(defined, pick(theta), np.nan),
+        "offset": mean,
+    }
+
+
+def _fit_dataset(v: dict[str, np.ndarray], checkpoint: np.ndarray, heads: np.ndarray | None) -> xr.Dataset:
+    k = np.arange(1, v["fve"].shape[-1] + 1)
+    coords = {"checkpoint": checkpoint, "freq": k}
+    if heads is not None:
+        coords["head"] = heads
     model = "attn_to_a(a, b) = offset + C (cos(w (a + theta)) - cos(w (b + theta))), w = 2 pi k / p"
     return xr.Dataset(
         {
-            "fve": (("checkpoint", "head", "freq"), fve, {"description": "FVE of the fit at each frequency", "units": "fraction"}),
-            "amplitude": (("checkpoint", "head", "freq"), amp, {"description": "C >= 0 at each frequency", "units": "attention probability"}),
-            "theta": (("checkpoint", "head", "freq"), theta, {"description": "theta in [0, p/k) at each frequency", "units": "residues"}),
-            "head_freq": (("checkpoint", "head"), np.where(defined, k[best], -1), {"description": "frequency of the best fit (-1: constant attention)"}),
-            "head_fve": (("checkpoint", "head"), np.where(defined, pick(fve), np.nan), {"description": "FVE of the best fit", "units": "fraction"}),
-            "head_amplitude": (("checkpoint", "head"), np.where(defined, pick(amp), np.nan), {"description": "C of the best fit"}),
-            "head_theta": (("checkpoint", "head"), np.where(defined, pick(theta), np.nan), {"description": "theta of the best fit", "units": "residues"}),
-            "offset": (("checkpoint", "head"), mean, {"description": "fitted constant = grid mean of attn_to_a (0.5 with no self-attention)"}),
+            "fve": (("checkpoint", "head", "freq"), v["fve"], {"description": "FVE of the fit at each frequency", "units": "fraction"}),
+            "amplitude": (("checkpoint", "head", "freq"), v["amplitude"], {"description": "C >= 0 at each frequency", "units": "attention probability"}),
+            "theta": (("checkpoint", "head", "freq"), v["theta"], {"description": "theta in [0, p/k) at each frequency", "units": "residues"}),
+            "head_freq": (("checkpoint", "head"), v["head_freq"], {"description": "frequency of the best fit (-1: constant attention)"}),
+            "head_fve": (("checkpoint", "head"), v["head_fve"], {"description": "FVE of the best fit", "units": "fraction"}),
+            "head_amplitude": (("checkpoint", "head"), v["head_amplitude"], {"description": "C of the best fit"}),
+            "head_theta": (("checkpoint", "head"), v["head_theta"], {"description": "theta of the best fit", "units": "residues"}),
+            "offset": (("checkpoint", "head"), v["offset"], {"description": "fitted constant = grid mean of attn_to_a (0.5 with no self-attention)"}),
         },
         coords=coords,
         attrs={
@@ -100,20 +128,44 @@ def attention_fit_from_pattern(attn_to_a: xr.DataArray) -> xr.Dataset:
     )
 
 
-def attention_fit(ds: xr.Dataset, *, checkpoints: slice | list | None = None, chunk: int = 8) -> xr.Dataset:
+@dataclass
+class AttentionFit:
+    """Engine kernel (:mod:`mechgrok.engine`): the fit of :func:`attention_fit` at one checkpoint, from the shared
+    grid pass."""
+
+    name: str = "attention"
+    weights: tuple[str, ...] | None = WEIGHT_NAMES
+    needs: frozenset[str] = frozenset({"attn"})
+
+    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+        g = grid_pass(ck)
+        p = g.p
+        y = g.attn_pattern[..., 0].reshape(p, p, -1).permute(2, 0, 1).cpu().numpy()  # (head, a, b)
+        return {k: v[0] for k, v in fit_arrays(y[None]).items()}
+
+    def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
+        out = _fit_dataset(values, np.asarray(checkpoint.values), None)
+        out["checkpoint"].attrs = dict(checkpoint.attrs)
+        return out
+
+
+def attention_fit(
+    ds: xr.Dataset, *, chunk: int = DEFAULT_CHUNK, device: str | torch.device | None = "cpu"
+) -> xr.Dataset:
     """Per head and checkpoint: frequency, FVE, amplitude C and phase theta of the attention fit (paper Table 2).
 
     Paper appendix C.1.3 (paper.md 3.11); the fit is solved analytically for all frequencies at once (module
-    docstring). Attention patterns come from one batched forward pass per chunk of checkpoints.
+    docstring). The attention patterns come from the float64 grid pass of each checkpoint through
+    :func:`mechgrok.engine.run`.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        Canonical one-layer trajectory with an odd ``attrs["p"]``.
-    checkpoints : slice or list, optional
-        ``isel`` selection along ``checkpoint``; default all.
+        Canonical one-layer trajectory with an odd ``attrs["p"]``, selected along ``checkpoint`` by the caller.
     chunk : int
-        Checkpoints per forward pass.
+        Checkpoints whose weights are read at once.
+    device : str, torch.device or None
+        Where the forward pass runs (None: CUDA when available).
 
     Returns
     -------
@@ -126,13 +178,7 @@ def attention_fit(ds: xr.Dataset, *, checkpoints: slice | list | None = None, ch
     Raises
     ------
     AnalysisError
-        If p is missing or even, or the model is multi-layer.
+        If p is missing or even, the model is multi-layer, or no checkpoint is selected.
     """
     check_odd_p(model_p(ds))
-    ds = select_checkpoints(ds, checkpoints)
-    parts = [
-        attention_fit_from_pattern(grid_activations(sub, chunk=chunk, include=("attn",))["attn_to_a"])
-        for sub in iter_checkpoint_chunks(ds, chunk)
-    ]
-    out = xr.concat(parts, dim="checkpoint", combine_attrs="override")
-    return out
+    return run(ds, [AttentionFit()], chunk=chunk, device=device)["attention"]

@@ -1,6 +1,6 @@
 """The training loss of the paper's model and its gradient for many weight sets at once, by hand.
 
-SGLD (:mod:`mechgrok.sgld`, :mod:`mechgrok.llc`) needs the loss and its gradient thousands of times per
+SGLD (:mod:`mechgrok.analyses.sgld`, :mod:`mechgrok.analyses.llc`) needs the loss and its gradient thousands of times per
 checkpoint, for several chains, on the same few thousand rows. :class:`LossGradient` computes both for ``C``
 weight sets (a leading ``chain`` dim on every weight) in one pass of batched matrix products, with a backward
 pass written out by hand instead of recorded by autograd:
@@ -15,7 +15,7 @@ pass written out by hand instead of recorded by autograd:
   (fresh multi-megabyte tensors each step cost page faults that dominate a small model on a CPU).
 
 The value is the function of ``per_example_loss(forward(params, tokens).logits, labels).mean(-1)``
-(:func:`mechgrok.model.forward`, :func:`mechgrok.loss.per_example_loss`; all ``d_vocab_out`` classes,
+(:func:`mechgrok.models.transformer.forward`, :func:`mechgrok.tasks.loss.per_example_loss`; all ``d_vocab_out`` classes,
 ``paper.md`` 2.3). Each row's loss is computed relative to its label's logit,
 
     loss = log sum_j exp(x_j - x_label) = log1p(t),    t = sum_{j != label} exp(x_j - x_label),
@@ -37,7 +37,7 @@ from typing import Mapping, MutableMapping
 import torch
 
 from mechgrok.errors import AnalysisError
-from mechgrok.model import WEIGHT_NAMES
+from mechgrok.models.transformer import WEIGHT_NAMES
 
 __all__ = ["LossGradient"]
 
@@ -124,7 +124,7 @@ class LossGradient:
         Parameters
         ----------
         params : mapping of str to torch.Tensor
-            Weights by TransformerLens name (:func:`mechgrok.model.param_shapes`), each with a leading dim ``C``.
+            Weights by TransformerLens name (:func:`mechgrok.models.transformer.param_shapes`), each with a leading dim ``C``.
         grads : mutable mapping of str to torch.Tensor, optional
             Tensors shaped like ``params`` (same dtype) that receive the gradient of ``loss.sum()``, i.e. each weight
             set's own gradient; overwritten. None computes the loss only.

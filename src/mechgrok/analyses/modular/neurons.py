@@ -30,17 +30,65 @@ denominator is sum Ã^2 (Parseval).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 import xarray as xr
 
-from mechgrok.activations import select_checkpoints, grid_activations, iter_checkpoint_chunks, model_p
+from mechgrok.analyses.modular.fourier import check_odd_p, grid_p
+from mechgrok.analyses.modular.grid import grid_pass, model_p
+from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
-from mechgrok.fourier import check_odd_p, grid_p
+from mechgrok.models.transformer import WEIGHT_NAMES
 
-__all__ = ["PAPER_FVE_THRESHOLD", "frequency_fve", "neuron_clusters", "clusters_from_fve"]
+__all__ = [
+    "PAPER_FVE_THRESHOLD",
+    "fve_by_frequency",
+    "frequency_fve",
+    "NeuronClusters",
+    "neuron_clusters",
+    "clusters_from_fve",
+]
 
 #: The paper's clustering threshold on a neuron's FVE (section 4.3).
 PAPER_FVE_THRESHOLD = 0.85
+
+
+def fve_by_frequency(X: torch.Tensor, p: int) -> torch.Tensor:
+    """The FVE of each neuron by each frequency from its activations on the grid (torch, float64).
+
+    Parameters
+    ----------
+    X : torch.Tensor
+        (..., p*p, n) activations, rows a * p + b (any device).
+    p : int
+        Odd modulus.
+
+    Returns
+    -------
+    torch.Tensor
+        (..., n, (p-1)/2) float64 fractions in [0, 1]; 0 for a neuron with no variance over the grid.
+    """
+    X = X.to(torch.float64)
+    X = X - X.mean(dim=-2, keepdim=True)
+    total = X.square().sum(dim=-2)  # (..., n); Parseval: the sum of all squared 2D Fourier coefficients
+    grid = X.unflatten(-2, (p, p))  # (..., a, b, n)
+    ar = torch.arange(p, device=X.device)
+    s_plus = ((ar[:, None] + ar[None, :]) % p).reshape(-1)  # a + b mod p of row a * p + b
+    s_minus = ((ar[:, None] - ar[None, :]) % p).reshape(-1)  # a - b mod p
+    zeros = X.new_zeros((*X.shape[:-2], p, X.shape[-1]))
+    V = torch.stack(
+        [zeros.index_add(-2, s_plus, X), zeros.index_add(-2, s_minus, X), grid.sum(-2), grid.sum(-3)], dim=-3
+    )  # (..., 4, x, n): sums over a + b = x, a - b = x, over b (x = a), over a (x = b)
+    K = (p - 1) // 2
+    w = 2 * math.pi * torch.outer(torch.arange(1, K + 1, dtype=torch.float64), torch.arange(p, dtype=torch.float64)) / p
+    cos, sin = torch.cos(w).to(X.device), torch.sin(w).to(X.device)  # (K, x)
+    power = (cos @ V).square() + (sin @ V).square()  # (..., 4, K, n)
+    block = (2 / p**2) * power.sum(dim=-3).transpose(-1, -2)  # (..., n, K)
+    block = block + (X.sum(dim=-2).square() / p**2)[..., None]  # the constant (0 after centring; kept for clarity)
+    return torch.where(total[..., None] > 0, block / total[..., None].clamp_min(1e-300), torch.zeros_like(block))
 
 
 def frequency_fve(mlp_post: xr.DataArray) -> xr.DataArray:
@@ -50,7 +98,7 @@ def frequency_fve(mlp_post: xr.DataArray) -> xr.DataArray:
     ----------
     mlp_post : xarray.DataArray
         (checkpoint, a, b, d_mlp) activations over the whole grid (as from
-        :func:`mechgrok.activations.grid_activations`); any dim order, odd p.
+        :func:`mechgrok.analyses.modular.grid.grid_activations`); any dim order, odd p.
 
     Returns
     -------
@@ -65,53 +113,67 @@ def frequency_fve(mlp_post: xr.DataArray) -> xr.DataArray:
     """
     need = ("checkpoint", "a", "b", "d_mlp")
     p = grid_p(mlp_post, need, "mlp_post")
-    K = (p - 1) // 2
-    X = np.asarray(mlp_post.transpose("checkpoint", "a", "b", "d_mlp").values, dtype=np.float64)
-    X = X - X.mean(axis=(1, 2), keepdims=True)
-    total = (X**2).sum(axis=(1, 2))  # (ck, n); Parseval: the sum of all squared 2D Fourier coefficients
-    # The 3x3 block of frequency k from four length-p sums (see the module docstring).
-    x = np.arange(p)
-    # rows a * p + b of the pairs with a + b = s (a - b = s) for each (s, a): whole-row gathers (fast)
-    Xf = X.reshape(X.shape[0], p * p, X.shape[-1])
-    plus = Xf[:, x[None, :] * p + (x[:, None] - x[None, :]) % p].sum(axis=2)  # (ck, s, n): sum over a + b = s
-    minus = Xf[:, x[None, :] * p + (x[None, :] - x[:, None]) % p].sum(axis=2)  # sum over a - b = s
-    V = np.stack([plus, minus, X.sum(axis=2), X.sum(axis=1)], axis=1)  # (ck, 4, x, n)
-    w = 2 * np.pi * np.outer(np.arange(1, K + 1), x) / p  # (K, x)
-    power = np.einsum("kx,cvxn->cvkn", np.cos(w), V) ** 2 + np.einsum("kx,cvxn->cvkn", np.sin(w), V) ** 2
-    block = (2 / p**2) * power.sum(axis=1).transpose(0, 2, 1)  # (ck, n, K)
-    block = block + (X.sum(axis=(1, 2)) ** 2 / p**2)[..., None]
-    fve = np.divide(block, total[..., None], out=np.zeros_like(block), where=total[..., None] > 0)
+    X = torch.from_numpy(np.asarray(mlp_post.transpose(*need).values, dtype=np.float64))
+    fve = fve_by_frequency(X.reshape(X.shape[0], p * p, X.shape[-1]), p).numpy()
+    return _fve_array(fve, mlp_post["checkpoint"].values)
+
+
+def _fve_array(fve: np.ndarray, checkpoint: np.ndarray) -> xr.DataArray:
     return xr.DataArray(
         fve,
         dims=("checkpoint", "d_mlp", "freq"),
-        coords={"checkpoint": mlp_post["checkpoint"].values, "freq": np.arange(1, K + 1)},
+        coords={"checkpoint": checkpoint, "freq": np.arange(1, fve.shape[-1] + 1)},
         attrs={"description": "fraction of each neuron's grid variance in the 3x3 Fourier block of frequency k", "units": "fraction"},
     )
+
+
+@dataclass
+class NeuronClusters:
+    """Engine kernel (:mod:`mechgrok.engine`): each neuron's FVE per frequency at one checkpoint, from the shared
+    grid pass; ``assemble`` clusters them (:func:`clusters_from_fve`)."""
+
+    threshold: float = PAPER_FVE_THRESHOLD
+    keep_fve: bool = True
+    name: str = "neurons"
+    weights: tuple[str, ...] | None = WEIGHT_NAMES
+    needs: frozenset[str] = frozenset({"mlp_post"})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise AnalysisError(f"the FVE threshold must lie in (0, 1], got {self.threshold}")
+
+    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+        g = grid_pass(ck)
+        return {"fve": fve_by_frequency(g.mlp_post, g.p).cpu().numpy()}
+
+    def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
+        out = clusters_from_fve(_fve_array(values["fve"], np.asarray(checkpoint.values)), threshold=self.threshold)
+        out["checkpoint"].attrs = dict(checkpoint.attrs)
+        return out if self.keep_fve else out.drop_vars("fve")
 
 
 def neuron_clusters(
     ds: xr.Dataset,
     *,
     threshold: float = PAPER_FVE_THRESHOLD,
-    checkpoints: slice | list | None = None,
-    chunk: int = 4,
+    chunk: int = DEFAULT_CHUNK,
+    device: str | torch.device | None = "cpu",
 ) -> xr.Dataset:
     """Each neuron's FVE per frequency, best frequency, and the paper's clusters, at every checkpoint.
 
-    Paper section 4.3 / Fig. 5 (paper.md 3.3(c)). Activations come from one batched forward pass per chunk of
-    checkpoints (:func:`mechgrok.activations.grid_activations` with ``include=("mlp_post",)``).
+    Paper section 4.3 / Fig. 5 (paper.md 3.3(c)). The activations come from the float64 grid pass of each
+    checkpoint (:func:`mechgrok.analyses.modular.grid.grid_pass`) through :func:`mechgrok.engine.run`.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        Canonical one-layer trajectory with an odd ``attrs["p"]``.
+        Canonical one-layer trajectory with an odd ``attrs["p"]``, selected along ``checkpoint`` by the caller.
     threshold : float
         Minimum FVE for a neuron to join its frequency's cluster (paper: 0.85).
-    checkpoints : slice or list, optional
-        ``isel`` selection along ``checkpoint``; default all.
     chunk : int
-        Checkpoints per forward pass and transform (memory about chunk * d_mlp * p^2 * 24 bytes; 4 keeps a
-        p = 113, d_mlp = 512 model near 0.6 GB).
+        Checkpoints whose weights are read at once.
+    device : str, torch.device or None
+        Where the forward pass and the transform run (None: CUDA when available).
 
     Returns
     -------
@@ -126,18 +188,19 @@ def neuron_clusters(
     Raises
     ------
     AnalysisError
-        If p is missing or even, the model is multi-layer, or the threshold is outside (0, 1].
+        If p is missing or even, the model is multi-layer, no checkpoint is selected, or the threshold is
+        outside (0, 1].
+
+    Examples
+    --------
+    >>> import mechgrok
+    >>> ds = mechgrok.open_run("fixtures/quick-run")
+    >>> cl = mechgrok.neuron_clusters(ds.isel(checkpoint=[-1]))
+    >>> sorted(set(cl["cluster"].values.ravel().tolist()) - {-1})
+    [9, 17, 25]
     """
-    p = check_odd_p(model_p(ds))
-    if not 0 < threshold <= 1:
-        raise AnalysisError(f"the FVE threshold must lie in (0, 1], got {threshold}")
-    ds = select_checkpoints(ds, checkpoints)
-    fves = [
-        frequency_fve(grid_activations(sub, chunk=chunk, include=("mlp_post",))["mlp_post"])
-        for sub in iter_checkpoint_chunks(ds, chunk)
-    ]
-    fve = xr.concat(fves, dim="checkpoint")
-    return clusters_from_fve(fve, threshold=threshold)
+    check_odd_p(model_p(ds))
+    return run(ds, [NeuronClusters(threshold=threshold)], chunk=chunk, device=device)["neurons"]
 
 
 def clusters_from_fve(fve: xr.DataArray, *, threshold: float = PAPER_FVE_THRESHOLD) -> xr.Dataset:

@@ -1,0 +1,391 @@
+"""The per-checkpoint kernels of the Fourier-space ablations (torch, float64): the arithmetic behind
+:mod:`mechgrok.analyses.modular.ablation`, whose module docstring gives the definitions and the implementation
+notes (group sums over residues s = a + b, label-shifted exponentials, the direct fallback on overflow).
+
+Tensors carry leading dims ``...`` and logits flattened to (..., p*p, p), rows a * p + b.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mechgrok.analyses.modular.fourier import fourier_basis
+from mechgrok.tasks.loss import per_example_loss
+
+__all__ = [
+    "SPLITS",
+    "AblationPlan",
+    "ablation_measures",
+    "measures_direct",
+    "residues",
+    "trig",
+    "sum_projection_by_residue",
+    "keep_3x3_blocks",
+    "restricted_by_residue",
+]
+
+#: The splits every loss is reported on.
+SPLITS = ("all", "train", "test")
+
+
+def residues(p: int) -> torch.Tensor:
+    """s = (a + b) mod p for the flattened grid index a * p + b, int64 (p*p,)."""
+    ar = torch.arange(p)
+    return ((ar[:, None] + ar[None, :]) % p).reshape(-1)
+
+
+def trig(p: int, freqs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos(w_k s), sin(w_k s), float64 (K, p) over residues s."""
+    k = torch.tensor(list(freqs), dtype=torch.float64)[:, None]
+    s = torch.arange(p, dtype=torch.float64)[None, :]
+    ang = 2 * math.pi * k * s / p
+    return torch.cos(ang), torch.sin(ang)
+
+
+def sum_projection_by_residue(L: torch.Tensor, p: int, freqs: Sequence[int]) -> torch.Tensor:
+    """R_k[s, c] with P_k(L)[a, b, c] = R_k[(a + b) mod p, c].
+
+    L: float64 (..., p*p, p). Returns float64 (..., K, p, p) over (freq, s, c).
+    """
+    s_idx = residues(p)
+    G = torch.zeros((*L.shape[:-2], p, p), dtype=L.dtype).index_add_(L.dim() - 2, s_idx, L)  # (..., s, c)
+    cos, sin = trig(p, freqs)  # (K, s)
+    alpha = torch.einsum("ks,...sc->...kc", cos, G)
+    beta = torch.einsum("ks,...sc->...kc", sin, G)
+    return (2.0 / p**2) * (cos[:, :, None] * alpha[..., :, None, :] + sin[:, :, None] * beta[..., :, None, :])
+
+
+def keep_3x3_blocks(L: torch.Tensor, p: int, freqs: Sequence[int]) -> torch.Tensor:
+    """Keep only the 2D Fourier components in the blocks I_k x I_k (k in freqs); float64 (..., p*p, p)."""
+    F = torch.from_numpy(fourier_basis(p).values)
+    J = [0] + [i for k in freqs for i in (2 * k - 1, 2 * k)]
+    FJ = F[J]  # (m, x)
+    m = len(J)
+    keep = torch.zeros(m, m, dtype=torch.float64)
+    keep[0, 0] = 1.0
+    for j, k in enumerate(freqs):
+        block = [0, 1 + 2 * j, 2 + 2 * j]
+        for f in block:
+            for g in block:
+                keep[f, g] = 1.0
+    lead = L.shape[:-2]
+    # transform over a: (m, a) @ (..., a, b*c) -> (..., f, b, c)
+    hat = (FJ @ L.reshape(*lead, p, p * p)).reshape(*lead, m, p, p)
+    # transform over b: (..., f, c, b) @ (b, g) -> (..., f, c, g); keep the blocks
+    hat = (hat.transpose(-1, -2) @ FJ.T) * keep[:, None, :]
+    # back over b: (..., f, c, g) @ (g, b) -> (..., f, c, b); back over a: (a, f) @ (..., f, b*c)
+    back = (hat @ FJ).transpose(-1, -2).reshape(*lead, m, p * p)
+    back = FJ.T @ back
+    return back.reshape(L.shape)
+
+
+def restricted_by_residue(L: torch.Tensor, p: int, freqs: Sequence[int]) -> torch.Tensor:
+    """Restricted logits L_r[s, c] (they depend on (a, b) only through s); float64 (..., p, p)."""
+    R = sum_projection_by_residue(L, p, freqs).sum(dim=-3)  # (..., s, c): L_trig by residue
+    # bias correction: + mean over (a, b) of (L - L_trig); each residue s holds p of the p^2 pairs
+    return R + (L.mean(dim=-2) - R.mean(dim=-2))[..., None, :]
+
+
+def split_stats(pe: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy over a split; pe/correct (..., p*p), mask float64 (p*p,)."""
+    n = mask.sum()
+    return (pe * mask).sum(-1) / n, (correct.to(torch.float64) * mask).sum(-1) / n
+
+
+def measures_direct(
+    logits: torch.Tensor,
+    masks: dict[str, np.ndarray],
+    key_freqs: Sequence[int],
+    *,
+    all_freqs: bool,
+    block3x3: bool = True,
+) -> dict[str, np.ndarray]:
+    """Every loss measure from the logits of a chunk of checkpoints, one log-softmax per edited logit tensor.
+
+    The straightforward formulation; :func:`ablation_measures` computes the same numbers faster and falls back to this
+    one where its exponentials could overflow. logits: (C, p*p, p) any float dtype, rows a * p + b. Returns
+    numpy arrays keyed by output variable name.
+    """
+    p = logits.shape[-1]
+    L = logits.to(torch.float64)
+    labels = residues(p)
+    fm = {k: torch.from_numpy(v.reshape(-1).astype(np.float64)) for k, v in masks.items()}
+    out: dict[str, np.ndarray] = {}
+
+    # the model's own loss and accuracy
+    pe = per_example_loss(L, labels)
+    correct = L.argmax(-1) == labels
+    for split in SPLITS:
+        loss, acc = split_stats(pe, correct, fm[split])
+        out[f"loss_{split}"], out[f"acc_{split}"] = loss.numpy(), acc.numpy()
+    del pe, correct
+
+    # restricted: logits depend on s only; the loss over a split weights each s by its count in the split
+    Lr = restricted_by_residue(L, p, key_freqs)  # (C, s, c)
+    s_lab = torch.arange(p)
+    pe_s = per_example_loss(Lr, s_lab)  # (C, s)
+    corr_s = (Lr.argmax(-1) == s_lab).to(torch.float64)
+    for split in SPLITS:
+        counts = torch.zeros(p, dtype=torch.float64).index_add_(0, labels, fm[split])
+        n = counts.sum()
+        out[f"restricted_loss_{split}"] = ((pe_s * counts).sum(-1) / n).numpy()
+        out[f"restricted_acc_{split}"] = ((corr_s * counts).sum(-1) / n).numpy()
+
+    # excluded: per key frequency and full, on the training split, no bias correction. The projections are
+    # fitted on the full grid (R from all of L); only the training rows enter the loss, so only they are edited.
+    train_rows = torch.from_numpy(np.flatnonzero(masks["train"].reshape(-1)))
+    L_tr, lab_tr = L[:, train_rows], labels[train_rows]
+
+    def train_stats(R_by_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        Lx = L_tr - R_by_s[:, lab_tr]
+        if lab_tr.numel() == 0:
+            nan = torch.full(Lx.shape[:1], float("nan"), dtype=torch.float64)
+            return nan, nan
+        return per_example_loss(Lx, lab_tr).mean(-1), (Lx.argmax(-1) == lab_tr).to(torch.float64).mean(-1)
+
+    R = sum_projection_by_residue(L, p, key_freqs)  # (C, K, s, c)
+    ex = [train_stats(R[:, j]) for j in range(len(key_freqs))]
+    out["excluded_loss"] = torch.stack([e[0] for e in ex], -1).numpy()
+    out["excluded_acc"] = torch.stack([e[1] for e in ex], -1).numpy()
+    loss, acc = train_stats(R.sum(1))
+    out["excluded_loss_full"], out["excluded_acc_full"] = loss.numpy(), acc.numpy()
+    del R
+
+    if all_freqs:
+        every = list(range(1, (p - 1) // 2 + 1))
+        R_all = sum_projection_by_residue(L, p, every)
+        out["excluded_loss_by_freq"] = torch.stack([train_stats(R_all[:, j])[0] for j in range(len(every))], -1).numpy()
+        out["excluded_loss_max"] = out["excluded_loss_by_freq"].max(-1)
+        del R_all
+    del L_tr
+
+    # 3 x 3-block ablation
+    if block3x3:
+        L3 = keep_3x3_blocks(L, p, key_freqs)
+        pe3 = per_example_loss(L3, labels)
+        corr3 = L3.argmax(-1) == labels
+        for split in SPLITS:
+            loss, acc = split_stats(pe3, corr3, fm[split])
+            out[f"block3x3_loss_{split}"], out[f"block3x3_acc_{split}"] = loss.numpy(), acc.numpy()
+    return out
+
+
+class AblationPlan:
+    """Constants of :func:`ablation_measures` for one (p, split, key frequencies, all_freqs): index maps, masks, trig."""
+
+    def __init__(self, p: int, masks: dict[str, np.ndarray], key_freqs: Sequence[int], all_freqs: bool):
+        self.p = p
+        self.masks = masks
+        self.key_freqs = list(key_freqs)
+        self.all_freqs = all_freqs
+        # residue order: row s * p + a holds the pair (a, b = (s - a) mod p), whose label is s
+        s = torch.arange(p)[:, None]
+        a = torch.arange(p)[None, :]
+        self.perm = (a * p + (s - a) % p).reshape(-1)
+        self.sidx = torch.arange(p)
+        self.labels = residues(p)
+        perm = self.perm.numpy()
+        self.mask_ab = {k: torch.from_numpy(v.reshape(-1).astype(np.float64)) for k, v in masks.items()}
+        self.mask_s = {k: torch.from_numpy(v.reshape(-1)[perm].astype(np.float64).reshape(p, p))
+                       for k, v in masks.items()}
+        self.n = {k: float(v.sum()) for k, v in masks.items()}
+        self.counts = {k: v.sum(1) for k, v in self.mask_s.items()}  # pairs of the split per residue s
+        # the training pairs of each residue, padded to a common count with the index of an all-zero row (p*p)
+        tr = masks["train"].reshape(-1)[perm].reshape(p, p)
+        self.n_tr = int(tr.sum())
+        width = max(1, int(tr.sum(1).max()))
+        pad = np.full((p, width), p * p, dtype=np.int64)
+        valid = np.zeros((p, width), dtype=bool)
+        for s_ in range(p):
+            rows = np.flatnonzero(tr[s_])
+            pad[s_, : rows.size] = s_ * p + rows
+            valid[s_, : rows.size] = True
+        self.pad_idx = torch.from_numpy(pad.reshape(-1))
+        self.pad_valid = torch.from_numpy(valid)
+        self.pad_shape = (p, width)
+        # frequencies whose projections are needed; the excluded variants are these plus "all key freqs" (full)
+        self.freqs = list(range(1, (p - 1) // 2 + 1)) if all_freqs else self.key_freqs
+        self.key_pos = [self.freqs.index(k) for k in self.key_freqs]
+        self.cos, self.sin = trig(p, self.freqs)  # (F, s)
+        # 3 x 3 blocks: the kept components J and the (f, g) mask among them
+        F = torch.from_numpy(fourier_basis(p).values)
+        J = [0] + [i for k in self.key_freqs for i in (2 * k - 1, 2 * k)]
+        self.FJ = F[J].contiguous()  # (m, x)
+        m = len(J)
+        keep = torch.zeros(m, m, dtype=torch.float64)
+        keep[0, 0] = 1.0
+        for j in range(len(self.key_freqs)):
+            block = [0, 1 + 2 * j, 2 + 2 * j]
+            keep[np.ix_(block, block)] = 1.0
+        self.keep = keep
+
+    def buffers(self) -> tuple[torch.Tensor, ...]:
+        """Work buffers for :func:`measures_one`, reusable from one checkpoint to the next (one set per thread):
+        logits and exponentials in residue order, with one extra all-zero row (index p*p) that pads the
+        training pairs of each residue to a common count; the padded training pairs; an excluded-logit table."""
+        p, n = self.p, self.pad_shape[0] * self.pad_shape[1]
+        return (torch.zeros(p * p + 1, p, dtype=torch.float64), torch.zeros(p * p + 1, p, dtype=torch.float64),
+                torch.zeros(n, p, dtype=torch.float64), torch.zeros(n, p, dtype=torch.float64),
+                torch.zeros(n, p, dtype=torch.float64))
+
+    def measures(self, L: torch.Tensor, bufs: tuple[torch.Tensor, ...], *, block3x3: bool) -> dict[str, np.ndarray]:
+        """The measures of one checkpoint from its logits (p*p, p): fast path, or the direct one on overflow."""
+        one = measures_one(L, self, bufs, block3x3=block3x3)
+        if one is None:
+            one = {k: v[0] for k, v in measures_direct(L[None], self.masks, self.key_freqs,
+                                                        all_freqs=self.all_freqs, block3x3=block3x3).items()}
+        return one
+
+
+def ablation_measures(
+    logits: torch.Tensor,
+    masks: dict[str, np.ndarray],
+    key_freqs: Sequence[int],
+    *,
+    all_freqs: bool,
+    block3x3: bool = True,
+) -> dict[str, np.ndarray]:
+    """Every loss measure from the logits of a chunk of checkpoints (same outputs as :func:`measures_direct`).
+
+    logits: (C, p*p, p) any float dtype (a slice of wider logits is fine), rows a * p + b. Returns numpy arrays
+    keyed by output variable name.
+
+    Work per checkpoint, all float64: the logits are put in residue order (row (s, a) is the pair
+    (a, (s - a) mod p), label s), so every projection R_k[s, c] broadcasts over a. With
+    E[s, a, c] = exp(L[s, a, c] - L[s, a, s]) for c != s (0 at c = s),
+
+    * the model's loss is log1p(sum_c E) (the label-shifted log-sum-exp; exact for tiny losses too);
+    * the loss with R removed is log1p(sum_c E[s, a, c] exp(R[s, s] - R[s, c])), so the excluded losses of
+      every frequency come from one batched matrix product of E (the training pairs, grouped by residue) with
+      the (p x variants) table exp(R[s, s] - R[s, c]) of each residue, instead of one log-softmax over the
+      training pairs per variant.
+
+    Where those exponentials could overflow (a logit margin plus a projection range above 700 nats) the
+    checkpoint is computed by :func:`measures_direct` instead.
+    """
+    p = logits.shape[-1]
+    plan = AblationPlan(p, masks, key_freqs, all_freqs)
+    bufs = plan.buffers()
+    rows = [plan.measures(logits[c], bufs, block3x3=block3x3) for c in range(logits.shape[0])]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def label_is_argmax(values: Callable[[], torch.Tensor], above: torch.Tensor, tied: torch.Tensor) -> torch.Tensor:
+    """Whether argmax over c of V[s, i, c] is s (the first maximum, as torch.argmax), from a cheap comparison.
+
+    ``above`` (s, i): the label's logit is known to beat every other class; ``tied``: undecided (a tie, or
+    within rounding of one). Only for those rows is V = ``values()`` built and its argmax taken.
+    """
+    if bool(tied.any()):
+        s, i = torch.nonzero(tied, as_tuple=True)
+        above = above.clone()
+        above[s, i] = values()[s, i].argmax(-1) == s
+    return above
+
+
+def mean_over(x: torch.Tensor, weight: torch.Tensor, n: float) -> np.float64:
+    """sum(x * weight) / n as a float64 scalar; NaN for an empty split."""
+    return np.float64(float((x * weight).sum()) / n) if n > 0 else np.float64(np.nan)
+
+
+def measures_one(
+    L: torch.Tensor, plan: AblationPlan, bufs: tuple[torch.Tensor, ...], *, block3x3: bool
+) -> dict[str, np.ndarray] | None:
+    """The measures of one checkpoint, logits (p*p, p); None where the exponentials could overflow."""
+    p, sidx = plan.p, plan.sidx
+    Lpad, Epad, L_tr, E_tr, V = bufs
+    if L.dtype == torch.float64:
+        torch.index_select(L, 0, plan.perm, out=Lpad[: p * p])
+    else:
+        Lpad[: p * p].copy_(L.index_select(0, plan.perm))
+    Ls = Lpad[: p * p].view(p, p, p)  # (s, a, c)
+    Ly = Ls.diagonal(dim1=0, dim2=2).T  # (s, a): the label logit L[s, a, s]
+    margin = float((Ls.amax(-1) - Ly).max())
+    G = Ls.sum(1)  # (s, c): group sums over the pairs with a + b = s
+    alpha, beta = plan.cos @ G, plan.sin @ G  # (F, c)
+    R = (2.0 / p**2) * (plan.cos[:, :, None] * alpha[:, None, :] + plan.sin[:, :, None] * beta[:, None, :])
+    R_key = R[plan.key_pos].sum(0)  # (s, c): sum over the key frequencies
+    Rv = torch.cat([R, R_key[None]])  # (variant, s, c): every frequency in plan.freqs, then the full set
+    Rd = Rv.diagonal(dim1=1, dim2=2)  # (variant, s)
+    if margin + float((Rd - Rv.amin(-1)).max()) > 700.0:
+        return None
+    out: dict[str, np.ndarray] = {}
+
+    # the model's own loss and accuracy
+    E = Epad[: p * p].view(p, p, p)
+    torch.sub(Ls, Ly[:, :, None], out=E)
+    np.exp(E.numpy(), out=E.numpy())
+    E.diagonal(dim1=0, dim2=2).zero_()
+    pe = torch.log1p(E.sum(-1))  # (s, a)
+    E_max = E.amax(-1)  # > 1 where another class beats the label, < 1 where none reaches it
+    correct = label_is_argmax(lambda: Ls, E_max < 1.0, E_max == 1.0).to(torch.float64)
+    for split in SPLITS:
+        m, n = plan.mask_s[split], plan.n[split]
+        out[f"loss_{split}"], out[f"acc_{split}"] = mean_over(pe, m, n), mean_over(correct, m, n)
+
+    # restricted: depends on (a, b) only through s; a split weights residue s by its number of pairs
+    Lr = R_key + (G.sum(0) / p**2 - R_key.mean(0))
+    pe_s = per_example_loss(Lr, sidx)
+    corr_s = (Lr.argmax(-1) == sidx).to(torch.float64)
+    for split in SPLITS:
+        cnt, n = plan.counts[split], plan.n[split]
+        out[f"restricted_loss_{split}"] = mean_over(pe_s, cnt, n)
+        out[f"restricted_acc_{split}"] = mean_over(corr_s, cnt, n)
+
+    # excluded (training split, no bias correction): log1p(sum_c E[s, a, c] exp(R[s, s] - R[s, c]))
+    nk = len(plan.key_pos)
+    if plan.n_tr == 0:
+        nan = np.float64(np.nan)
+        out["excluded_loss"] = np.full(nk, np.nan)
+        out["excluded_acc"] = np.full(nk, np.nan)
+        out["excluded_loss_full"], out["excluded_acc_full"] = nan, nan
+        if plan.all_freqs:
+            out["excluded_loss_by_freq"] = np.full(len(plan.freqs), np.nan)
+            out["excluded_loss_max"] = nan
+    else:
+        g = torch.exp(Rd[:, :, None] - Rv)  # (variant, s, c)
+        torch.index_select(Epad, 0, plan.pad_idx, out=E_tr)
+        E_tr = E_tr.view(*plan.pad_shape, p)  # (s, pair, c), padding rows 0
+        T = torch.bmm(E_tr, g.permute(1, 2, 0))  # (s, pair, variant)
+        ex = (torch.log1p(T) * plan.pad_valid[:, :, None]).sum((0, 1)).numpy() / plan.n_tr  # (variant,)
+        torch.index_select(Lpad, 0, plan.pad_idx, out=L_tr)
+        L_tr = L_tr.view(*plan.pad_shape, p)
+        V = V.view(*plan.pad_shape, p)
+        acc = []
+        for j in [*plan.key_pos, len(plan.freqs)]:
+            torch.sub(L_tr, Rv[j][:, None, :], out=V)  # (s, pair, c): the excluded logits of the training pairs
+            vy = V.diagonal(dim1=0, dim2=2).T.clone()
+            V.diagonal(dim1=0, dim2=2).fill_(-math.inf)
+            other = V.amax(-1)  # best other class
+            hit = label_is_argmax(lambda: L_tr - Rv[j][:, None, :], vy > other, vy == other)
+            acc.append(float((hit & plan.pad_valid).sum()) / plan.n_tr)
+        out["excluded_loss"] = ex[plan.key_pos]
+        out["excluded_acc"] = np.asarray(acc[:nk])
+        out["excluded_loss_full"], out["excluded_acc_full"] = np.float64(ex[-1]), np.float64(acc[-1])
+        if plan.all_freqs:
+            out["excluded_loss_by_freq"] = ex[:-1].copy()
+            out["excluded_loss_max"] = np.float64(ex[:-1].max())
+
+    # 3 x 3-block ablation, on the pairs in (a, b) order
+    if block3x3:
+        FJ, m = plan.FJ, plan.FJ.shape[0]
+        hat = (FJ @ L.to(torch.float64).reshape(p, p * p)).view(m, p, p)  # over a: (f, b, c)
+        hat = (FJ @ hat) * plan.keep[:, :, None]  # over b: (f, g, c), only the kept blocks
+        L3 = FJ.T @ (FJ.T @ hat).view(m, p * p)  # back over b, then over a: (a, b * c)
+        L3 = L3.view(p * p, p)
+        M3, arg3 = L3.max(-1)
+        ex3 = torch.sub(L3, M3[:, None])
+        np.exp(ex3.numpy(), out=ex3.numpy())
+        pe3 = (M3 - L3.gather(1, plan.labels[:, None])[:, 0]) + torch.log(ex3.sum(-1))
+        corr3 = (arg3 == plan.labels).to(torch.float64)
+        for split in SPLITS:
+            m_, n = plan.mask_ab[split], plan.n[split]
+            out[f"block3x3_loss_{split}"] = mean_over(pe3, m_, n)
+            out[f"block3x3_acc_{split}"] = mean_over(corr3, m_, n)
+    return out
+
+

@@ -1,0 +1,363 @@
+"""The model on the whole p x p input grid of modular arithmetic (paper.md 3.3-3.4).
+
+:func:`grid_forward` evaluates the one-layer model on every input ``[a, b, =]`` from per-token tables (exact
+rearrangement, about 3 times fewer FLOPs than the model's own forward at the paper's widths). Inside the engine,
+:func:`grid_pass` runs it once per checkpoint in float64 and every modular kernel (losses and ablations, neuron
+clusters, attention fits, logit structure) reads from it. :func:`grid_activations` returns the activations as a
+Dataset for a few checkpoints. Losses derived from the float64 logits match a float64 dense reference to about
+1e-12 relative; ``grid_forward(..., dtype=torch.float32)`` exists only to study float32 rounding (paper.md 2.3).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+import xarray as xr
+
+from mechgrok.errors import AnalysisError
+from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
+from mechgrok.models.transformer import WEIGHT_NAMES, ForwardOutput
+
+__all__ = ["model_p", "GEMM_COLUMNS", "GridPass", "grid_pass", "GridActivations", "grid_activations", "grid_forward"]
+
+
+def model_p(ds: xr.Dataset) -> int:
+    """The modulus p of a trajectory (``attrs["p"]``).
+
+    Raises
+    ------
+    AnalysisError
+        If the Dataset has no p (not a modular-arithmetic model) or is multi-layer.
+    """
+    if "p" not in ds.attrs:
+        raise AnalysisError("the trajectory has no modulus p (attrs['p']); the modular-arithmetic analyses need one")
+    if int(ds.attrs.get("n_layers", 1)) != 1:
+        raise AnalysisError("the paper's analyses apply to one-layer models only")
+    return int(ds.attrs["p"])
+
+
+#: The logits' matrix product is computed with a multiple of this many columns: float64 products of such
+#: widths ran 1.2-1.7 x faster than with p = 113 columns on the benchmark machine (the BLAS kernel's register
+#: block); the extra (zero) columns are dropped.
+GEMM_COLUMNS = 24
+
+
+@dataclass
+class GridPass:
+    """One checkpoint's float64 forward pass over the p x p grid, as kernels share it (:func:`grid_pass`).
+
+    Attributes
+    ----------
+    p : int
+    logits : torch.Tensor
+        (p*p, p), rows a * p + b, the ``=`` class dropped. A view of reused work memory: valid while the
+        checkpoint is being processed.
+    mlp_post : torch.Tensor or None
+        (p*p, d_mlp) ReLU activations at ``=``, when a kernel of the run needs ``"mlp_post"``.
+    attn_pattern : torch.Tensor or None
+        (p*p, head, 3) attention from ``=`` to positions a, b, ``=``, when a kernel needs ``"attn"``.
+    resid_mid : torch.Tensor or None
+        (p*p, d_model), when a kernel needs ``"resid_mid"``.
+    """
+
+    p: int
+    logits: torch.Tensor
+    mlp_post: torch.Tensor | None = None
+    attn_pattern: torch.Tensor | None = None
+    resid_mid: torch.Tensor | None = None
+
+
+_LOCAL = threading.local()
+
+
+def grid_pass(ck: Checkpoint) -> GridPass:
+    """The grid forward pass of one checkpoint, computed once however many kernels ask for it.
+
+    Runs :func:`grid_forward` in float64 on the checkpoint's device, with the caches that the run's kernels
+    declared in their ``needs`` (``"mlp_post"``, ``"attn"``, ``"resid_mid"``). The logits are written into work
+    memory reused from one checkpoint to the next (per thread), with ``W_U`` padded to a multiple of
+    :data:`GEMM_COLUMNS` columns.
+
+    Parameters
+    ----------
+    ck : mechgrok.engine.Checkpoint
+        With ``attrs["p"]``.
+
+    Returns
+    -------
+    GridPass
+    """
+    return ck.memo("grid_pass", lambda: _grid_pass(ck))
+
+
+def _grid_pass(ck: Checkpoint) -> GridPass:
+    p = int(ck.attrs["p"])
+    w = ck.weights
+    n_cols = -(-p // GEMM_COLUMNS) * GEMM_COLUMNS
+    d_model = w["W_U"].shape[-2]
+    key = (p, n_cols, d_model, ck.device.type, ck.device.index)
+    if getattr(_LOCAL, "key", None) != key:  # work memory of this thread, reused from checkpoint to checkpoint
+        _LOCAL.key = key
+        _LOCAL.logits = torch.empty(p * p * n_cols, dtype=torch.float64, device=ck.device)
+        _LOCAL.W_U = torch.zeros(1, d_model, n_cols, dtype=torch.float64, device=ck.device)
+    _LOCAL.W_U[..., :p] = w["W_U"][..., :p]
+    cache = bool(ck.needs & {"mlp_post", "attn", "resid_mid"})
+    out = grid_forward({**w, "W_U": _LOCAL.W_U}, p, dtype=torch.float64, out=_LOCAL.logits, cache=cache)
+    return GridPass(
+        p=p,
+        logits=out.logits[0, :, :p],
+        mlp_post=out.mlp_post[0] if cache else None,
+        attn_pattern=out.attn_pattern[0] if cache else None,
+        resid_mid=out.resid_mid[0] if cache else None,
+    )
+
+
+_ACTIVATION_DIMS = {
+    "logits": ("checkpoint", "a", "b", "c"),
+    "attn_to_a": ("checkpoint", "head", "a", "b"),
+    "attn_to_b": ("checkpoint", "head", "a", "b"),
+    "mlp_post": ("checkpoint", "a", "b", "d_mlp"),
+    "resid_mid": ("checkpoint", "a", "b", "d_model"),
+}
+
+
+@dataclass
+class GridActivations:
+    """Engine kernel: the activations of :func:`grid_activations` at each checkpoint."""
+
+    include: tuple[str, ...]
+    name: str = "grid_activations"
+    weights: tuple[str, ...] | None = WEIGHT_NAMES
+    needs: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.include) - {"logits", "attn", "mlp_post", "resid_mid"})
+        if bad:
+            raise AnalysisError(f"unknown activations {bad}; choose from logits, attn, mlp_post, resid_mid")
+        self.needs = frozenset(self.include) - {"logits"}
+
+    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+        g = grid_pass(ck)
+        p = g.p
+        out = {}
+        if "logits" in self.include:
+            out["logits"] = g.logits.reshape(p, p, p).cpu().numpy().copy()
+        if "attn" in self.include:
+            pat = g.attn_pattern.reshape(p, p, -1, 3)
+            out["attn_to_a"] = pat[..., 0].permute(2, 0, 1).cpu().numpy().copy()
+            out["attn_to_b"] = pat[..., 1].permute(2, 0, 1).cpu().numpy().copy()
+        if "mlp_post" in self.include:
+            out["mlp_post"] = g.mlp_post.reshape(p, p, -1).cpu().numpy().copy()
+        if "resid_mid" in self.include:
+            out["resid_mid"] = g.resid_mid.reshape(p, p, -1).cpu().numpy().copy()
+        return out
+
+    def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
+        p = next(iter(values.values())).shape[-2 if "logits" not in values else -1]
+        coords = {"checkpoint": checkpoint.values, "a": np.arange(p), "b": np.arange(p)}
+        if "logits" in values:
+            coords["c"] = np.arange(p)
+        return xr.Dataset({k: (_ACTIVATION_DIMS[k], v) for k, v in values.items()}, coords=coords,
+                          attrs={"description": "activations at the = position on the p x p grid (float64)"})
+
+
+def grid_activations(
+    ds: xr.Dataset,
+    *,
+    include: tuple[str, ...] = ("logits", "attn", "mlp_post"),
+    chunk: int = DEFAULT_CHUNK,
+    device: str | torch.device | None = "cpu",
+) -> xr.Dataset:
+    """Activations of every checkpoint on all p^2 inputs ``[a, b, =]``, from one float64 forward pass each.
+
+    Everything is held in memory (about p^2 (d_mlp + p + 2 n_heads) * 8 bytes per checkpoint: 64 MB at the
+    paper's widths); select a few checkpoints first (``ds.isel(checkpoint=[-1])``). The analyses never call
+    this: their kernels take what they need from the shared pass (:func:`grid_pass`) checkpoint by checkpoint.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Canonical one-layer trajectory with ``attrs["p"]``, already selected along ``checkpoint``.
+    include : tuple of str
+        Any of ``"logits"``, ``"attn"``, ``"mlp_post"``, ``"resid_mid"``.
+    chunk : int
+        Checkpoints whose weights are read at once (:func:`mechgrok.engine.run`).
+    device : str, torch.device or None
+        Where the pass runs (None: CUDA when available).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``logits`` (checkpoint, a, b, c): float64 logits without the ``=`` class (c = 0..p-1);
+        ``attn_to_a``, ``attn_to_b`` (checkpoint, head, a, b): attention from ``=`` to positions 0 and 1;
+        ``mlp_post`` (checkpoint, a, b, d_mlp): ReLU activations at ``=``;
+        ``resid_mid`` (checkpoint, a, b, d_model).
+
+    Raises
+    ------
+    AnalysisError
+        If the trajectory has no p, is multi-layer, lacks weights, no checkpoint is selected, or ``include``
+        names an unknown activation.
+
+    """
+    model_p(ds)
+    return run(ds, [GridActivations(tuple(include))], chunk=chunk, device=device)["grid_activations"]
+
+
+#: Rows of the p x p grid per block in :func:`grid_forward` (a block's MLP activations stay in cache).
+_GRID_BLOCK_ROWS = 512
+
+
+def grid_forward(
+    params: Mapping[str, torch.Tensor],
+    p: int,
+    *,
+    cache: bool = False,
+    dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
+) -> ForwardOutput:
+    """Final-position forward pass on the whole p x p input grid ``[a, b, =]``, from per-token tables.
+
+    The same function as ``forward(params, grid_tokens(p))`` (up to rounding), arranged for the grid. In a
+    one-layer model the residual at ``=`` after attention is
+
+        resid_mid[a, b] = x_= + sum_h (A_h0(a, b) OV_h(x_0[a]) + A_h1(a, b) OV_h(x_1[b]) + A_h2(a, b) OV_h(x_=)),
+
+    with x_i[t] = W_E[t] + W_pos[i], OV_h(x) = x W_V[h] W_O[h] and A the attention pattern from ``=``. It is
+    linear in per-token tables, so the MLP input ``resid_mid W_in + b_in`` and the direct path
+    ``(resid_mid + b_out) W_U`` are combinations of (token, head) tables already multiplied through ``W_in``
+    and ``W_U``: 2 n_heads + 1 terms per example instead of a (d_model x d_mlp) product. The only full-size
+    product left is ``mlp_post @ (W_out W_U)`` (d_mlp x d_vocab_out), so a checkpoint costs about
+    2 p^2 d_mlp d_vocab_out FLOPs instead of 2 p^2 (d_model^2 + 2 d_model d_mlp + d_model d_vocab_out). The
+    rearrangement is exact in real arithmetic; it is not the approximation of uniform attention.
+
+    Parameters
+    ----------
+    params : mapping of str to torch.Tensor
+        Weights by TransformerLens name (:func:`param_shapes`), optionally with the same leading dims ``...``
+        on every weight (e.g. a checkpoint dim). ``W_U`` may be sliced to fewer output columns (e.g.
+        ``W_U[..., :p]`` to skip the ``=`` class); the logits have as many columns.
+    p : int
+        The modulus; the vocabulary holds the residues 0..p-1 and ``=`` (id p), ``n_ctx`` is 3.
+    cache : bool
+        Also return the attention pattern, the MLP activations and ``resid_mid``.
+    dtype : torch.dtype, optional
+        Arithmetic precision of every step (default: that of ``params["W_E"]``). float64 gives logits exact
+        to about 1e-15 relative; float32 is twice as fast and about 1e-7 relative.
+    out : torch.Tensor, optional
+        A contiguous tensor of ``dtype`` to hold the logits, reused from call to call to spare fresh memory
+        (one checkpoint: at least p * p * n_out elements); by default one is allocated.
+
+    Returns
+    -------
+    ForwardOutput
+        ``logits`` (..., p*p, n_out), rows in the order a * p + b as :func:`mechgrok.tasks.modular_arithmetic.grid_tokens`; with
+        ``cache``: ``attn_pattern`` (..., p*p, head, pos), ``mlp_post`` (..., p*p, d_mlp), ``resid_mid``
+        (..., p*p, d_model). ``resid_post`` is not computed (it would need the d_mlp x d_model product this
+        function avoids); use :func:`forward` for it.
+
+    Raises
+    ------
+    AnalysisError
+        If ``out`` is given but is not a contiguous ``dtype`` tensor large enough for the logits.
+
+    Notes
+    -----
+    For analysis only (in-place operations; no gradients): the trainer uses :func:`forward`. Checkpoints are
+    computed one at a time in row blocks of about 512 pairs whose MLP activations stay in cache, so the results
+    of a checkpoint do not depend on the other checkpoints passed with it.
+    """
+    lead = params["W_E"].shape[:-2]
+    dtype = dtype or params["W_E"].dtype
+    w = {k: params[k].reshape(-1, *params[k].shape[len(lead) :]) for k in WEIGHT_NAMES}
+    C, h = w["W_Q"].shape[0], w["W_Q"].shape[1]
+    m, f, n_out = w["W_E"].shape[-1], w["W_in"].shape[-1], w["W_U"].shape[-1]
+    # each checkpoint's logits start on a 64-byte boundary: the matrix product's rounding can depend on the
+    # alignment of its output, and the results must not depend on how checkpoints are batched
+    n_el = p * p * n_out
+    step = -(-n_el * dtype.itemsize // 64) * 64 // dtype.itemsize
+    if out is None:
+        out = torch.empty(C, step, dtype=dtype, device=params["W_E"].device)
+    if out.dtype != dtype or not out.is_contiguous() or out.numel() < (C - 1) * step + n_el:
+        raise AnalysisError(f"out must be a contiguous {dtype} tensor of at least {(C - 1) * step + n_el} elements")
+    logits = out.view(-1).as_strided((C, p, p, n_out), (step, p * n_out, n_out, 1))
+    pattern = torch.empty(C, p, p, h, 3, dtype=dtype, device=out.device) if cache else None
+    post_all = torch.empty(C, p, p, f, dtype=dtype, device=out.device) if cache else None
+    mid_all = torch.empty(C, p, p, m, dtype=dtype, device=out.device) if cache else None
+    na = max(1, _GRID_BLOCK_ROWS // p)  # values of a per block
+    width = f + n_out + (m if cache else 0)
+    bufs = (torch.empty(na, p, width, dtype=dtype, device=out.device), torch.empty(p, na, width, dtype=dtype, device=out.device),
+            None if cache else torch.empty(na * p, f, dtype=dtype, device=out.device))
+    # checkpoint by checkpoint, so that the results do not depend on how checkpoints are batched
+    for c in range(C):
+        # fresh (aligned) copies: vectorised kernels may round differently depending on the operands' alignment
+        wc = {k: v[c].to(dtype, copy=True, memory_format=torch.contiguous_format) for k, v in w.items()}
+        _grid_checkpoint(wc, p, na, bufs, logits[c], None if pattern is None else pattern[c],
+                         None if post_all is None else post_all[c], None if mid_all is None else mid_all[c])
+    res = ForwardOutput(logits=logits.flatten(1, 2).reshape(*lead, p * p, n_out))
+    if cache:
+        res.attn_pattern = pattern.reshape(*lead, p * p, h, 3)
+        res.mlp_post = post_all.reshape(*lead, p * p, f)
+        res.resid_mid = mid_all.reshape(*lead, p * p, m)
+    return res
+
+
+def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all) -> None:
+    """:func:`grid_forward` for one checkpoint's weights ``w``; fills logits (a, b, n_out) and the caches."""
+    W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = (w[k] for k in WEIGHT_NAMES)
+    cache = post_all is not None
+    dtype = W_E.dtype
+    h, d_head = W_Q.shape[0], W_Q.shape[-1]
+    m, f, n_out = W_E.shape[-1], W_in.shape[-1], W_U.shape[-1]
+    x0 = W_E[:p] + W_pos[0]  # (p, d_model): token at position 0 (a); position 1 (b) adds W_pos[1] - W_pos[0]
+    xe = W_E[p] + W_pos[2]  # (d_model,): '=' at position 2
+    # attention scores from '=' to each (position, token); softmax over the 3 positions of every pair
+    q = torch.einsum("m,hmd->hd", xe, W_Q)
+    kq = torch.einsum("hmd,hd->mh", W_K, q) / math.sqrt(d_head)  # (d_model, head)
+    s0, s1, se = x0 @ kq, (x0 + (W_pos[1] - W_pos[0])) @ kq, xe @ kq  # (p, head), (p, head), (head,)
+    s0, s1 = s0[:, None], s1[None, :]  # broadcast to (a, b, head)
+    top = torch.maximum(torch.maximum(s0, s1), se)
+    e0, e1, e2 = torch.exp(s0 - top), torch.exp(s1 - top), torch.exp(se - top)
+    z = e0 + e1 + e2
+    A0 = e0.div_(z)  # (a, b, head): attention to a; to b batched over b; to '=' is 1 - A0 - A1
+    A1 = e1.div_(z)
+    if pattern is not None:
+        pattern.copy_(torch.stack([A0, A1, e2.div_(z)], -1))  # (a, b, head, pos)
+    A1t = A1.transpose(0, 1).contiguous()  # (b, a, head)
+    # per-token OV tables, through W_in (MLP input), W_U (direct logits) and, with cache, as they are;
+    # x_1[t] = x_0[t] + (W_pos[1] - W_pos[0]) and the tables are linear: one table of tokens plus two rows
+    OV = (W_V @ W_O).transpose(0, 1).reshape(m, h * m)  # (d_model, head * d_model)
+    rows = torch.cat([x0, (W_pos[1] - W_pos[0])[None], xe[None]])  # (p + 2, d_model)
+    ov = (rows @ OV).reshape((p + 2) * h, m)
+    outs = [W_in, W_U] + ([torch.eye(m, dtype=dtype)] if cache else [])
+    width = f + n_out + (m if cache else 0)
+    # columns [MLP pre-activation | direct logits | resid_mid] of each (token, head) table, with the '=' term
+    # folded in through A_2 = 1 - A_0 - A_1: Y_i = table(x_i) - table(=), base = const + sum_h table(=)
+    tab = torch.cat([ov @ W_ for W_ in outs], -1).view(p + 2, h, width)
+    Y0 = tab[:p] - tab[p + 1]  # (p, head, width)
+    Y1 = Y0 + tab[p]
+    base = torch.cat([xe @ W_in + b_in, (xe + b_out) @ W_U] + ([xe] if cache else [])) + tab[p + 1].sum(0)
+    W_logit = W_out @ W_U  # (d_mlp, n_out)
+    buf, tb, post_buf = bufs
+    # blocks of na values of a (all b): the block views are made up front, to keep the Python work per block small
+    blocks = zip(A0.split(na), Y0.split(na), A1t.split(na, dim=1), logits.split(na),
+                 post_all.split(na) if cache else [post_buf.view(na, p, f)] * p,
+                 mid_all.split(na) if cache else [None] * p)
+    for A0b, Y0b, A1b, lg, post, mid in blocks:
+        n = A0b.shape[0]
+        o, t = (buf, tb) if n == na else (buf[:n], tb[:, :n])
+        o.copy_(base.expand(n, p, width))
+        o.baddbmm_(A0b, Y0b)  # sum_h A_0(a, b) Y0[a, h]
+        torch.bmm(A1b, Y1, out=t)  # sum_h A_1(a, b) Y1[b, h], as (b, a)
+        o += t.transpose(0, 1)
+        post = post[:n]
+        torch.clamp_min(o[..., :f], 0.0, out=post)
+        if mid is not None:
+            mid.copy_(o[..., f + n_out :])
+        direct = o[..., f : f + n_out].reshape(n * p, n_out)
+        torch.addmm(direct, post.view(n * p, f), W_logit, out=lg.view(n * p, n_out))  # + mlp_post W_out W_U
