@@ -54,11 +54,10 @@ from mechgrok.analyses.modular.ablation_kernels import (
     AblationPlan,
     ablation_measures,
     keep_3x3_blocks,
-    residues,
     restricted_by_residue,
     sum_projection_by_residue,
 )
-from mechgrok.analyses.modular.fourier import check_odd_p
+from mechgrok.analyses.modular.fourier import check_odd_p, residues
 from mechgrok.analyses.modular.grid import grid_pass, model_p
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError

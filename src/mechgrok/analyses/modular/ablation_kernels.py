@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from mechgrok.analyses.modular.fourier import fourier_basis
+from mechgrok.analyses.modular.fourier import fourier_basis, residues, trig
 from mechgrok.tasks.loss import per_example_loss
 
 __all__ = [
@@ -21,8 +21,6 @@ __all__ = [
     "AblationPlan",
     "ablation_measures",
     "measures_direct",
-    "residues",
-    "trig",
     "sum_projection_by_residue",
     "keep_3x3_blocks",
     "restricted_by_residue",
@@ -30,20 +28,6 @@ __all__ = [
 
 #: The splits every loss is reported on.
 SPLITS = ("all", "train", "test")
-
-
-def residues(p: int) -> torch.Tensor:
-    """s = (a + b) mod p for the flattened grid index a * p + b, int64 (p*p,)."""
-    ar = torch.arange(p)
-    return ((ar[:, None] + ar[None, :]) % p).reshape(-1)
-
-
-def trig(p: int, freqs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos(w_k s), sin(w_k s), float64 (K, p) over residues s."""
-    k = torch.tensor(list(freqs), dtype=torch.float64)[:, None]
-    s = torch.arange(p, dtype=torch.float64)[None, :]
-    ang = 2 * math.pi * k * s / p
-    return torch.cos(ang), torch.sin(ang)
 
 
 def sum_projection_by_residue(L: torch.Tensor, p: int, freqs: Sequence[int]) -> torch.Tensor:

@@ -10,12 +10,26 @@ so F is orthonormal (F F^T = I). Only odd p is supported (an even p would need a
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import numpy as np
+import torch
 import xarray as xr
 
 from mechgrok.errors import AnalysisError
 
-__all__ = ["fourier_basis", "fourier_labels", "freq_of_component", "fft1d", "fft2d", "check_odd_p", "grid_p"]
+__all__ = [
+    "fourier_basis",
+    "fourier_labels",
+    "freq_of_component",
+    "fft1d",
+    "fft2d",
+    "check_odd_p",
+    "grid_p",
+    "residues",
+    "trig",
+]
 
 
 def check_odd_p(p: int) -> int:
@@ -147,3 +161,19 @@ def fft2d(da: xr.DataArray, dims: tuple[str, str] = ("a", "b"), out_dims: tuple[
     out = fft1d(da, dims[0], out_dim=out_dims[0]).rename(freq=f"freq_{out_dims[0]}")
     out = fft1d(out, dims[1], out_dim=out_dims[1]).rename(freq=f"freq_{out_dims[1]}")
     return out
+
+
+def residues(p: int, *, sign: int = 1, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(a + b) mod p (``sign=1``) or (a - b) mod p (``sign=-1``) of the flattened grid row a * p + b, int64 (p*p,).
+
+    The sum directions cos/sin(w (a + b)) of the paper depend on (a, b) only through it, so sums over its level
+    sets (``index_add``) replace p^2 x p^2 products.
+    """
+    ar = torch.arange(p, device=device)
+    return ((ar[:, None] + sign * ar[None, :]) % p).reshape(-1)
+
+
+def trig(p: int, freqs: Sequence[int], *, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """cos(w_k x), sin(w_k x) for x = 0..p-1 and k in ``freqs``, w_k = 2 pi k / p; float64 (K, p) each."""
+    ang = 2 * math.pi * torch.outer(torch.tensor(list(freqs), dtype=torch.float64), torch.arange(p, dtype=torch.float64)) / p
+    return torch.cos(ang).to(device), torch.sin(ang).to(device)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.analyses.modular.fourier import check_odd_p, grid_p
+from mechgrok.analyses.modular.fourier import check_odd_p, grid_p, residues, trig
 from mechgrok.analyses.modular.grid import grid_pass, model_p
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
@@ -77,11 +77,8 @@ def cos_coefficient_arrays(L: torch.Tensor, p: int) -> dict[str, np.ndarray]:
     """
     L = L.to(torch.float64)
     K = (p - 1) // 2
-    ar = torch.arange(p, device=L.device)
-    s_idx = ((ar[:, None] + ar[None, :]) % p).reshape(-1)
-    G = L.new_zeros((*L.shape[:-2], p, p)).index_add(-2, s_idx, L)  # (..., s, c)
-    w = 2 * math.pi * torch.outer(torch.arange(1, K + 1, dtype=torch.float64), torch.arange(p, dtype=torch.float64)) / p
-    cos, sin = torch.cos(w).to(L.device), torch.sin(w).to(L.device)  # (K, x)
+    G = L.new_zeros((*L.shape[:-2], p, p)).index_add(-2, residues(p, device=L.device), L)  # (..., s, c)
+    cos, sin = trig(p, range(1, K + 1), device=L.device)  # (K, x)
     S = ((cos @ G) * cos).sum(-1) + ((sin @ G) * sin).sum(-1)  # (..., K): sum L cos(w_k (a + b - c))
     alpha = (S / math.sqrt(p**3 / 2)).cpu().numpy()
     norm_sq = L.square().sum(dim=(-2, -1))

@@ -30,14 +30,13 @@ denominator is sum Ã^2 (Parseval).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.analyses.modular.fourier import check_odd_p, grid_p
+from mechgrok.analyses.modular.fourier import check_odd_p, grid_p, residues, trig
 from mechgrok.analyses.modular.grid import grid_pass, model_p
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
@@ -75,16 +74,13 @@ def fve_by_frequency(X: torch.Tensor, p: int) -> torch.Tensor:
     X = X - X.mean(dim=-2, keepdim=True)
     total = X.square().sum(dim=-2)  # (..., n); Parseval: the sum of all squared 2D Fourier coefficients
     grid = X.unflatten(-2, (p, p))  # (..., a, b, n)
-    ar = torch.arange(p, device=X.device)
-    s_plus = ((ar[:, None] + ar[None, :]) % p).reshape(-1)  # a + b mod p of row a * p + b
-    s_minus = ((ar[:, None] - ar[None, :]) % p).reshape(-1)  # a - b mod p
+    s_plus, s_minus = residues(p, device=X.device), residues(p, sign=-1, device=X.device)  # a + b, a - b mod p
     zeros = X.new_zeros((*X.shape[:-2], p, X.shape[-1]))
     V = torch.stack(
         [zeros.index_add(-2, s_plus, X), zeros.index_add(-2, s_minus, X), grid.sum(-2), grid.sum(-3)], dim=-3
     )  # (..., 4, x, n): sums over a + b = x, a - b = x, over b (x = a), over a (x = b)
     K = (p - 1) // 2
-    w = 2 * math.pi * torch.outer(torch.arange(1, K + 1, dtype=torch.float64), torch.arange(p, dtype=torch.float64)) / p
-    cos, sin = torch.cos(w).to(X.device), torch.sin(w).to(X.device)  # (K, x)
+    cos, sin = trig(p, range(1, K + 1), device=X.device)  # (K, x)
     power = (cos @ V).square() + (sin @ V).square()  # (..., 4, K, n)
     block = (2 / p**2) * power.sum(dim=-3).transpose(-1, -2)  # (..., n, K)
     block = block + (X.sum(dim=-2).square() / p**2)[..., None]  # the constant (0 after centring; kept for clarity)
