@@ -18,6 +18,7 @@ from typing import Mapping
 import numpy as np
 import torch
 import xarray as xr
+from einops import rearrange
 
 from mechgrok.errors import AnalysisError
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
@@ -145,16 +146,16 @@ class GridActivations:
         g = grid_pass(ck)
         p = g.p
         out = {}
+        grid = "(a b) x -> a b x"  # rows a * p + b of the grid pass, as (a, b, ...)
         if "logits" in self.include:
-            out["logits"] = g.logits.reshape(p, p, p).cpu().numpy().copy()
+            out["logits"] = rearrange(g.logits, grid, a=p).cpu().numpy().copy()  # the pass reuses its memory
         if "attn" in self.include:
-            pat = g.attn_pattern.reshape(p, p, -1, 3)
-            out["attn_to_a"] = pat[..., 0].permute(2, 0, 1).cpu().numpy().copy()
-            out["attn_to_b"] = pat[..., 1].permute(2, 0, 1).cpu().numpy().copy()
+            pat = rearrange(g.attn_pattern, "(a b) head pos -> pos head a b", a=p).cpu().numpy().copy()
+            out["attn_to_a"], out["attn_to_b"] = pat[0], pat[1]
         if "mlp_post" in self.include:
-            out["mlp_post"] = g.mlp_post.reshape(p, p, -1).cpu().numpy().copy()
+            out["mlp_post"] = rearrange(g.mlp_post, grid, a=p).cpu().numpy().copy()
         if "resid_mid" in self.include:
-            out["resid_mid"] = g.resid_mid.reshape(p, p, -1).cpu().numpy().copy()
+            out["resid_mid"] = rearrange(g.resid_mid, grid, a=p).cpu().numpy().copy()
         return out
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
