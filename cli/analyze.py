@@ -49,7 +49,8 @@ def analyze(
     reference: Annotated[Optional[int], typer.Option(help="Epoch of the reference checkpoint for the key frequencies (default: the last).")] = None,
     checkpoints: Annotated[Optional[str], typer.Option(help="Epochs to analyse: '0,100,200' or '0:4000:500' (default: all).")] = None,
     only: Annotated[Optional[str], typer.Option(help="Comma-separated analyses to run (default: all but llc).")] = None,
-    chunk: Annotated[int, typer.Option(min=1, help="Checkpoints per batched forward pass.")] = 8,
+    chunk: Annotated[int, typer.Option(min=1, help="Checkpoints whose weights are read at once.")] = 16,
+    device: Annotated[Optional[str], typer.Option(help="'cpu' or 'cuda' (default: CUDA when available, else CPU).")] = None,
     llc: Annotated[bool, typer.Option("--llc", help="Also estimate the local learning coefficient.")] = False,
     llc_every: Annotated[int, typer.Option(min=1, help="With --llc: every N-th checkpoint.")] = 10,
     figures: Annotated[bool, typer.Option("--figures", help="Also write the figure pack (RUN_DIR/figures).")] = False,
@@ -66,8 +67,11 @@ def analyze(
     epochs = _parse_epochs(checkpoints)
     ds = run_guarded(mechgrok.open_run, run_dir, format=fmt, trusted=trust_checkpoint, seed=seed,
                      frac_train=frac_train)
+    if epochs is not None:  # the reference checkpoint is always analysed
+        ref = int(ds["checkpoint"].values[-1]) if reference is None else reference
+        ds = run_guarded(mechgrok.select_epochs, ds, sorted(set(epochs) | {ref}))
     target = out_dir or default_out_dir(run_dir)
-    tree = run_analysis(ds, quiet=quiet, reference=reference, checkpoints=epochs, analyses=analyses, chunk=chunk,
+    tree = run_analysis(ds, quiet=quiet, reference=reference, analyses=analyses, chunk=chunk, device=device,
                         llc=llc, llc_every=llc_every)
     write_analysis_outputs(tree, target, title=f"mechgrok report: {run_dir}")
     if figures:

@@ -55,8 +55,8 @@ class Config:
     threads : int
         CPU threads torch uses while training (``torch.set_num_threads``; restored afterwards). Part of the
         recipe: bit-identical reruns need the same thread count (and torch build and CPU code path, see
-        ``docs/run-directory.md``). Default 1: the quick preset trains fastest on one thread, and a resume or a
-        rerun from ``config.json`` uses the same count whatever the machine has.
+        ``docs/run-directory.md``). Default 1: a resume or a rerun from ``config.json`` then uses the same count
+        whatever the machine has, and small models train fastest on one thread of a busy machine.
     """
 
     p: int = 113
@@ -183,8 +183,9 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-#: Named configurations. ``paper`` is the mainline run of Nanda et al.; ``quick`` groks on 2 CPU cores in about
-#: 45 seconds with a clear memorisation stretch (train accuracy 100%, test accuracy low) before generalising.
+#: Named configurations. ``paper`` is the mainline run of Nanda et al.; ``quick`` groks in 2-3 minutes on one CPU
+#: thread (135-165 s on a busy 2-core machine) with a clear memorisation stretch (train accuracy 100%, test
+#: accuracy low) before generalising.
 PRESETS: dict[str, Config] = {
     "paper": Config(preset="paper"),
     "quick": Config(
