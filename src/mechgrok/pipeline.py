@@ -8,11 +8,10 @@ The order follows the data flow of the paper's analysis:
    Fourier-space ablation (loss, restricted, excluded, 3 x 3) are derived, together with the weight-only
    measures (Fourier norms of ``W_E`` and ``W_logit``, Gini coefficients, sums of squared weights), so no
    checkpoint is read or run twice;
-3. (weights only, in the same pass);
-4. the **phases** from the progress measures;
-5. at the reference checkpoint, what the figures need: effective weights, the 2D Fourier spectrum of the logits
+3. the **phases** from the progress measures;
+4. at the reference checkpoint, what the figures need: effective weights, the 2D Fourier spectrum of the logits
    and of example neurons, their activations over (a, b), the attention patterns;
-6. optionally the local learning coefficient (LLC) on a subsample of checkpoints.
+5. optionally the local learning coefficient (LLC) on a subsample of checkpoints.
 
 The result is an ``xarray.DataTree`` with one group per analysis, written to ``analysis.zarr`` by
 :func:`mechgrok.store.analysis_store.write_analysis`, and summarised by :func:`mechgrok.report.summarise`
@@ -222,7 +221,7 @@ def analyze(
         groups["phases"] = find_phases(measures)
         report("phases", 1, 1)
     if "reference" in todo:
-        groups["reference"] = reference_views(ref_ds, key_freqs=key_freqs, clusters=groups.get("neurons"))
+        groups["reference"] = reference_views(ref_ds, key_freqs=key_freqs)
         report("reference checkpoint", 1, 1)
     if "llc" in todo:
         idx = sorted(set(range(0, n, max(1, int(llc_every)))) | {n - 1})

@@ -6,11 +6,15 @@ grid *per metric*, and its cosine cube alone is 323 MB. :func:`progress_measures
 * **one forward pass per checkpoint**: :func:`mechgrok.analyses.modular.grid.grid_forward`, which evaluates the model on the grid
   from per-token tables, so the only full-size product is the neuron-to-logit one (about 3 times fewer FLOPs
   than the model's own forward pass at the paper's widths), in row blocks that stay in cache;
-* **every loss measure derived from those logits** (:func:`mechgrok.analyses.modular.ablation._measures`): the model's loss and
+* **every loss measure derived from those logits** (the :class:`~mechgrok.analyses.modular.ablation.Ablation` kernel,
+  :class:`~mechgrok.analyses.modular.ablation_kernels.AblationPlan`): the model's loss and
   accuracy, the restricted loss from group sums over the residues s = a + b (p x p work per checkpoint, not
   p^2 x p), the excluded losses of all variants from one batched matrix product, no (freq, p^2, p) cube;
-* **the weight-only measures from the same chunk of weights**: Fourier norms of ``W_E`` and ``W_logit``, their Gini
+* **the weight-only measures in the same pass**: Fourier norms of ``W_E`` and ``W_logit``, their Gini
   coefficients, sums of squared weights.
+
+All of it is one :func:`mechgrok.engine.run` over the kernels ``Ablation``, ``FourierNorms`` and ``SumSquaredWeights``
+(``mechgrok analyze`` runs the same kernels, with more, in its one pass).
 
 Precision: the forward pass runs in float64 (the tables, the MLP activations and the logits). A float32 pass is
 twice as fast but its logits carry relative errors of ~1e-7 times their size, which at the large logits of a

@@ -10,7 +10,7 @@ import xarray as xr
 __all__ = ["reference_views"]
 
 
-def reference_views(ref_ds: xr.Dataset, *, key_freqs: Sequence[int], clusters: xr.Dataset | None = None,
+def reference_views(ref_ds: xr.Dataset, *, key_freqs: Sequence[int],
                     neurons_per_cluster: int = 4) -> xr.Dataset:
     """What the figures show of the reference checkpoint (paper Figs. 3-5, 8).
 
@@ -20,8 +20,6 @@ def reference_views(ref_ds: xr.Dataset, *, key_freqs: Sequence[int], clusters: x
         The trajectory reduced to one checkpoint (``checkpoint`` dim of length 1).
     key_freqs : sequence of int
         The key frequencies (to pick example neurons from their clusters).
-    clusters : xarray.Dataset, optional
-        Output of the neuron clustering over checkpoints; recomputed at the reference when absent.
     neurons_per_cluster : int
         Example neurons per key-frequency cluster (the most explained ones).
 
