@@ -346,7 +346,7 @@ def test_trajectory_on_the_fixture(quick_run):
     alone = llc_trajectory(quick_run, epochs=[3000], **kw)
     np.testing.assert_array_equal(alone["llc_chain"].values[0], out["llc_chain"].values[1])
     chunked = llc_trajectory(quick_run, epochs=[1000, 3000], chunk=2, **kw)
-    np.testing.assert_allclose(chunked["llc_chain"].values, out["llc_chain"].values, rtol=1e-4)
+    np.testing.assert_array_equal(chunked["llc_chain"].values, out["llc_chain"].values)  # checkpoint by checkpoint
     every = llc_trajectory(quick_run, every=30, keep_trace=True, **kw)
     assert every["checkpoint"].values.tolist() == [0, 1500, 3000]
     assert every["loss_trace"].dims == ("checkpoint", "chain", "draw")

@@ -67,7 +67,7 @@ def test_same_settings_in_separate_processes_are_bit_identical(tmp_path):
     # Two threads: without deterministic algorithms the gathers' backward (atomic adds) differs from run to run
     # here, already in the Adam moments of the first step (state.safetensors): a few epochs suffice. One run in
     # a fresh process, one in this one (other imports, allocations and torch state before it).
-    cfg = preset("quick", num_epochs=2, checkpoint_every=1, threads=2)
+    cfg = preset("quick", num_epochs=4, checkpoint_every=2, threads=2)
     a, b = tmp_path / "a", tmp_path / "b"
     _train_in_subprocess(cfg, a)
     train(cfg, b)

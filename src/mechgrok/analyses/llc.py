@@ -33,13 +33,14 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.engine import checkpoint_weights
+from mechgrok.engine import Checkpoint, checkpoint_weights, run
 from mechgrok.analyses.modular.grid import model_p
 from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens
 from mechgrok.errors import AnalysisError
@@ -656,6 +657,26 @@ def _select_checkpoints(ds: xr.Dataset, every: int, epochs: Sequence[int] | None
     return ds.isel(checkpoint=slice(None, None, int(every)))
 
 
+@dataclass
+class _LLCKernel:
+    """Engine kernel: one localised SGLD run (``num_chains`` chains) at a checkpoint; ``assemble`` stacks the
+    per-checkpoint summaries of :func:`_summarize_group`."""
+
+    fn: Callable[[Checkpoint], dict[str, np.ndarray]]
+    keep_trace: bool
+    name: str = "llc"
+    weights: tuple[str, ...] | None = WEIGHT_NAMES
+    needs: frozenset[str] = frozenset()
+
+    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+        return self.fn(ck)
+
+    def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
+        n = len(checkpoint)
+        parts = [_group_dataset({k: v[i] for k, v in values.items()}, keep_trace=self.keep_trace) for i in range(n)]
+        return xr.concat(parts, dim="checkpoint", data_vars="all", coords="minimal", compat="override", join="override")
+
+
 def llc_trajectory(
     ds: xr.Dataset,
     *,
@@ -682,8 +703,8 @@ def llc_trajectory(
     """The LLC of every (or every ``every``-th) checkpoint of a trajectory, on the training split.
 
     One localised SGLD run per checkpoint, started at and localised on the checkpoint's weights, with the same
-    settings for all checkpoints so the curve is comparable (``beyond.md`` 1.7). ``chunk`` checkpoints run as one
-    batched computation of ``chunk * num_chains`` chains. Chain ``c`` of the checkpoint at epoch ``e`` is seeded
+    settings for all checkpoints so the curve is comparable (``beyond.md`` 1.7), checkpoint by checkpoint through
+    :func:`mechgrok.engine.run`; the ``num_chains`` chains of a checkpoint run as one batched computation. Chain ``c`` of the checkpoint at epoch ``e`` is seeded
     from ``(seed, e, c)``, so a checkpoint's estimate does not depend on ``every``, ``epochs`` or ``chunk``.
 
     Parameters
@@ -714,7 +735,8 @@ def llc_trajectory(
     keep_trace : bool
         Also return ``loss_trace`` (checkpoint, chain, draw).
     chunk : int
-        Checkpoints per batched SGLD run (memory and time grow linearly with it; 1 is best on a small CPU).
+        Checkpoints whose weights are read at once (:func:`mechgrok.engine.run`); each checkpoint's chains run
+        as one batched SGLD computation.
     dtype : torch.dtype
         dtype of the sampled weights (float32 as trained, or float64); the loss is float64 either way.
     device : str or torch.device
@@ -756,27 +778,22 @@ def llc_trajectory(
         raise AnalysisError(f"the trajectory lacks weights {missing}")
 
     epochs_sel = sel["checkpoint"].values.astype(np.int64)
-    n_ckpt = len(epochs_sel)
-    parts: list[xr.Dataset] = []
-    for start in range(0, n_ckpt, chunk):
-        sub = sel.isel(checkpoint=slice(start, start + chunk))
-        k = sub.sizes["checkpoint"]
-        weights = checkpoint_weights(sub, dtype=dtype)
-        center = {n: t.to(device).repeat_interleave(num_chains, dim=0) for n, t in weights.items()}
-        seeds = [s for e in epochs_sel[start:start + k] for s in chain_seeds(seed, int(e), num_chains=num_chains)]
+
+    def one_checkpoint(ck: Checkpoint) -> dict[str, np.ndarray]:
+        # chain c of the checkpoint at epoch e is seeded from (seed, e, c): independent of the selection and chunk
+        center = {n: t.to(device=device, dtype=dtype).repeat_interleave(num_chains, dim=0) for n, t in ck.weights.items()}
         res = sgld_sample(
             loss_fn, center, epsilon=epsilon, nbeta=nb, gamma=gamma, weight_decay=weight_decay,
-            num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws, seeds=seeds,
-            batch_fn=loss_fn.batches(), grad_fn=loss_fn.gradient,
+            num_burnin=num_burnin, num_draws=num_draws, steps_between_draws=steps_between_draws,
+            seeds=chain_seeds(seed, ck.epoch, num_chains=num_chains), batch_fn=loss_fn.batches(),
+            grad_fn=loss_fn.gradient,
         )
-        for i in range(k):
-            sl = slice(i * num_chains, (i + 1) * num_chains)
-            stats = _summarize_group(res.losses[sl], res.draw_steps, res.init_loss[sl], res.nbeta[sl],
-                                     res.dead_at[sl], res.distance[sl], divergence_factor=divergence_factor)
-            parts.append(_group_dataset(stats, keep_trace=keep_trace))
-        if progress is not None:
-            progress(min(start + k, n_ckpt), n_ckpt)
-    out = xr.concat(parts, dim="checkpoint", data_vars="all", coords="minimal", compat="override", join="override")
+        return _summarize_group(res.losses, res.draw_steps, res.init_loss, res.nbeta, res.dead_at, res.distance,
+                                divergence_factor=divergence_factor)
+
+    kernel = _LLCKernel(one_checkpoint, keep_trace=keep_trace)
+    report = None if progress is None else (lambda stage, done, total: progress(done, total))
+    out = run(sel, [kernel], chunk=chunk, device="cpu", progress=report, stage="LLC")["llc"]
     out = out.assign_coords(checkpoint=("checkpoint", epochs_sel, {"units": "epochs", "long_name": "epoch of checkpoint"}))
     for name in out.data_vars:
         out[name].attrs = _VAR_ATTRS[name]
