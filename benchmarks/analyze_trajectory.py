@@ -46,7 +46,10 @@ In one process it runs
       - weights (no forward pass): Fourier norms of W_E and W_logit through the explicit basis, their Gini
         coefficients by a plain loop, sums of squared weights.
     It runs in float64 on the same ``--device``: a float32 forward pass (as the notebook's) moves the losses of
-    this trajectory by up to 2.5e-6 relative, so a float32 reference could not check agreement. (b) is timed
+    this trajectory by up to 2.5e-6 relative, so a float32 reference could not check agreement. Its
+    cross-entropy is the label-relative log1p(sum_{c != label} exp(L_c - L_label)), not the notebook's
+    log-softmax, which in float64 rounds 1 + t: the train loss of 1.7e-10 at the no_wd end came out 2e-8
+    relative off with it (the excluded loss of the weakest frequency 5e-8), too coarse to check 1e-9. (b) is timed
     on every ``--reference-every``-th checkpoint (and the last), per analysis, and extrapolated to the whole
     trajectory (``1``: all). The once-per-trajectory stages (key frequencies, phases, reference views) are not
     in (b): (b) uses the key frequencies ``analyze`` found. That is conservative, (a) is charged for them.
@@ -146,7 +149,7 @@ def full_forward(w: dict[str, torch.Tensor], tokens: torch.Tensor, cache: bool =
 
 #: The reference's metric functions by analysis (the group of ``analyze``'s output they are compared with).
 GROUPS = {
-    "ablation": ("train_loss", "test_loss", "train_acc", "test_acc", "all_loss", "all_acc", "trig_loss",
+    "ablation": ("loss_train", "loss_test", "acc_train", "acc_test", "loss_all", "acc_all", "trig_loss",
                  "trig_loss_train", "trig_loss_test", "trig_acc", "excluded_loss", "excluded_loss_full",
                  "excluded_acc", "excluded_acc_full", "excluded_loss_by_freq", "block3x3"),
     "neurons": ("neuron_fve",),
@@ -213,8 +216,13 @@ class Reference:
         return L[:, : self.p], cache
 
     def ce(self, L, rows):
-        logp = L[rows].log_softmax(-1)
-        return float(-logp.gather(1, self.labels[rows, None]).mean())
+        # label-relative: log1p(sum_{c != label} exp(L_c - L_label)). The notebook's float64 log-softmax rounds
+        # 1 + t, so a loss of 1.7e-10 (the no_wd end) would only be good to about 1e-7 relative
+        Lr, y = L[rows], self.labels[rows, None]
+        d = Lr - Lr.gather(1, y)
+        if float(d.max()) > 700.0:  # exp would overflow: the log-softmax is exact enough for such losses
+            return float(-Lr.log_softmax(-1).gather(1, y).mean())
+        return float(torch.log1p(torch.exp(d).scatter(1, y, 0.0).sum(-1)).mean())
 
     def acc(self, L, rows):
         return float((L[rows].argmax(-1) == self.labels[rows]).double().mean())
@@ -231,22 +239,22 @@ class Reference:
         return P + (L - P).mean(0, keepdim=True)
 
     # the metric functions: losses (the ablation group)
-    def train_loss(self, w):
+    def loss_train(self, w):
         return self.ce(self.logits(w), self.train)
 
-    def test_loss(self, w):
+    def loss_test(self, w):
         return self.ce(self.logits(w), ~self.train)
 
-    def train_acc(self, w):
+    def acc_train(self, w):
         return self.acc(self.logits(w), self.train)
 
-    def test_acc(self, w):
+    def acc_test(self, w):
         return self.acc(self.logits(w), ~self.train)
 
-    def all_loss(self, w):
+    def loss_all(self, w):
         return self.ce(self.logits(w), self.all)
 
-    def all_acc(self, w):
+    def acc_all(self, w):
         return self.acc(self.logits(w), self.all)
 
     def trig_loss(self, w, rows=None):
@@ -356,12 +364,12 @@ class Reference:
         fn)`` runs ``fn`` and charges its time to the group."""
         r: dict[tuple[str, str], Any] = {}
         ab = lambda name, fn: r.__setitem__(("ablation", name), clock("ablation", fn))  # noqa: E731
-        ab("loss_train", lambda: self.train_loss(w))
-        ab("loss_test", lambda: self.test_loss(w))
-        ab("acc_train", lambda: self.train_acc(w))
-        ab("acc_test", lambda: self.test_acc(w))
-        ab("loss_all", lambda: self.all_loss(w))
-        ab("acc_all", lambda: self.all_acc(w))
+        ab("loss_train", lambda: self.loss_train(w))
+        ab("loss_test", lambda: self.loss_test(w))
+        ab("acc_train", lambda: self.acc_train(w))
+        ab("acc_test", lambda: self.acc_test(w))
+        ab("loss_all", lambda: self.loss_all(w))
+        ab("acc_all", lambda: self.acc_all(w))
         ab("restricted_loss_all", lambda: self.trig_loss(w))
         ab("restricted_loss_train", lambda: self.trig_loss_train(w))
         ab("restricted_loss_test", lambda: self.trig_loss_test(w))

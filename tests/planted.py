@@ -58,7 +58,7 @@ frequency set; e.g. the loss on all pairs is 9e-4 for p = 23, K = {3, 7}, 1e-3 f
 
 Trajectory. ``mix`` gives one checkpoint per value m: weights m * planted + (1 - m) * random, where the random
 model is the paper's initialisation (:func:`mechgrok.models.transformer.init_params`, seed ``seed``). The default is a single
-checkpoint with m = 1, i.e. exactly the planted model. ``train_loss``/``test_loss``/``train_acc``/``test_acc``
+checkpoint with m = 1, i.e. exactly the planted model. ``loss_train``/``loss_test``/``acc_train``/``acc_test``
 curves at the checkpoint epochs are computed from the weights (float64 over the p non-``=`` classes) on the
 paper's split (``frac_train``, ``seed``).
 """
@@ -268,8 +268,8 @@ def planted_trajectory(
     curves = {}
     for name, idx in (("train", train), ("test", test)):
         idx_t = torch.from_numpy(idx)
-        curves[f"{name}_loss"] = (epochs, np.array([float(cross_entropy(lg[idx_t], labels[idx_t])) for lg in logits]))
-        curves[f"{name}_acc"] = (epochs, np.array([float(accuracy(lg[idx_t], labels[idx_t])) for lg in logits]))
+        curves[f"loss_{name}"] = (epochs, np.array([float(cross_entropy(lg[idx_t], labels[idx_t])) for lg in logits]))
+        curves[f"acc_{name}"] = (epochs, np.array([float(accuracy(lg[idx_t], labels[idx_t])) for lg in logits]))
     ds = build_dataset(
         stacked,
         epochs,

@@ -75,13 +75,13 @@ def test_every_entry_lands_on_its_epoch(tmp_path, fmt):
     assert ds.attrs["source_format"] == fmt
     np.testing.assert_array_equal(ds["epoch"].values, np.arange(N_TRAIN))
     # train: index i is epoch i
-    np.testing.assert_array_equal(ds["train_loss"].values - 0.25, ds["epoch"].values)
+    np.testing.assert_array_equal(ds["loss_train"].values - 0.25, ds["epoch"].values)
     # test: entry j is epoch 10 j, for every j
-    test = ds["test_loss"].dropna("epoch")
+    test = ds["loss_test"].dropna("epoch")
     np.testing.assert_array_equal(test["epoch"].values, np.arange(0, N_TRAIN, STRIDE))
     np.testing.assert_array_equal(test.values - 0.5, test["epoch"].values)
-    assert ds["test_loss"].attrs["log_every"] == STRIDE and ds["train_loss"].attrs["log_every"] == 1
-    assert "test_loss[j] is epoch 10 * j" in ds.attrs["curve_epochs"]
+    assert ds["loss_test"].attrs["log_every"] == STRIDE and ds["loss_train"].attrs["log_every"] == 1
+    assert "loss_test[j] is epoch 10 * j" in ds.attrs["curve_epochs"]
     assert "101 = ceil(1001 / 10)" in ds.attrs["curve_epochs"]
 
 
@@ -91,11 +91,11 @@ def test_final_test_loss_at_last_epoch_not_nan(tmp_path, fmt):
     ds = open_run(save_run(tmp_path, fmt))
     last = int(ds["checkpoint"].values[-1])
     assert last == N_TRAIN - 1 == int(ds["epoch"].values[-1])
-    assert float(ds["test_loss"].sel(epoch=last)) == TEST[-1] == last + 0.5
-    assert not math.isnan(float(ds["test_loss"].isel(epoch=-1)))
-    assert int(ds["test_loss"].dropna("epoch")["epoch"].values[-1]) == last
+    assert float(ds["loss_test"].sel(epoch=last)) == TEST[-1] == last + 0.5
+    assert not math.isnan(float(ds["loss_test"].isel(epoch=-1)))
+    assert int(ds["loss_test"].dropna("epoch")["epoch"].values[-1]) == last
     # the old placement: index 100 at epoch 100 -- now epoch 100 holds test_losses[10]
-    assert float(ds["test_loss"].sel(epoch=100)) == TEST[10]
+    assert float(ds["loss_test"].sel(epoch=100)) == TEST[10]
 
 
 def test_nan_between_logged_test_epochs(tmp_path):
@@ -103,19 +103,19 @@ def test_nan_between_logged_test_epochs(tmp_path):
     ds = open_run(save_run(tmp_path, "paper-model"))
     epochs = ds["epoch"].values
     logged = epochs % STRIDE == 0
-    test = ds["test_loss"].values
+    test = ds["loss_test"].values
     assert np.isnan(test[~logged]).all()
     assert np.isfinite(test[logged]).all() and int(logged.sum()) == N_TEST
-    assert np.isfinite(ds["train_loss"].values).all()
+    assert np.isfinite(ds["loss_train"].values).all()
     # e.g. between epochs 990 and 1000
-    assert np.isnan(ds["test_loss"].sel(epoch=[991, 995, 999]).values).all()
+    assert np.isnan(ds["loss_test"].sel(epoch=[991, 995, 999]).values).all()
 
 
 def test_exact_ratio_ends_before_the_last_epoch():
     """1,000 train and 100 test losses: stride 10, test epochs 0..990; nothing is placed at epoch 999."""
     curves, rule = loss_curves([1.0] * 1000, [2.0] * 100)
-    np.testing.assert_array_equal(curves["test_loss"][0], np.arange(0, 1000, 10))
-    np.testing.assert_array_equal(curves["train_loss"][0], np.arange(1000))
+    np.testing.assert_array_equal(curves["loss_test"][0], np.arange(0, 1000, 10))
+    np.testing.assert_array_equal(curves["loss_train"][0], np.arange(1000))
     assert "epochs 0..990" in rule
 
 
@@ -124,8 +124,8 @@ def test_cadence_survives_a_zarr_store(tmp_path):
     store = tmp_path / "run.zarr"
     ingest(src, store)
     z = open_run(store)
-    assert z["test_loss"].attrs["log_every"] == STRIDE
-    assert float(z["test_loss"].sel(epoch=N_TRAIN - 1)) == TEST[-1]
+    assert z["loss_test"].attrs["log_every"] == STRIDE
+    assert float(z["loss_test"].sel(epoch=N_TRAIN - 1)) == TEST[-1]
     assert z.attrs["curve_epochs"] == open_run(src).attrs["curve_epochs"]
 
 
@@ -190,9 +190,9 @@ def test_infer_stride_matches_its_definition():
 def test_the_longest_list_is_per_epoch():
     """A test list longer than the train list is the reference; the train list gets the stride."""
     curves, rule = loss_curves([1.0] * 101, [2.0] * 1001)
-    np.testing.assert_array_equal(curves["test_loss"][0], np.arange(1001))
-    np.testing.assert_array_equal(curves["train_loss"][0], np.arange(0, 1001, 10))
-    assert "train_loss[j] is epoch 10 * j" in rule and "test_loss[i] is epoch i" in rule
+    np.testing.assert_array_equal(curves["loss_test"][0], np.arange(1001))
+    np.testing.assert_array_equal(curves["loss_train"][0], np.arange(0, 1001, 10))
+    assert "loss_train[j] is epoch 10 * j" in rule and "loss_test[i] is epoch i" in rule
 
 
 def test_curve_log_every():
@@ -222,14 +222,14 @@ def test_wd_10_1_loss_curve_file():
     ds = open_run(f)  # the config stores p 113, seed 1, frac_train 0.3
     last = 107_790
     assert list(ds["checkpoint"].values) == [last] and ds.sizes["epoch"] == 107_791
-    assert ds["test_loss"].attrs["log_every"] == 10 and ds["train_loss"].attrs["log_every"] == 1
-    test = ds["test_loss"].dropna("epoch")
+    assert ds["loss_test"].attrs["log_every"] == 10 and ds["loss_train"].attrs["log_every"] == 1
+    test = ds["loss_test"].dropna("epoch")
     assert test.sizes["epoch"] == 10_780
     np.testing.assert_array_equal(test["epoch"].values, np.arange(0, last + 1, 10))
-    stored = float(ds["test_loss"].sel(epoch=last))
+    stored = float(ds["loss_test"].sel(epoch=last))
     assert stored == pytest.approx(4.9915e-7, rel=1e-4) and stored < 5e-7
     assert (test.values[:-1] >= 5e-7).all()  # the stopping threshold was crossed at the last entry only
-    assert np.isnan(ds["test_loss"].sel(epoch=last - 1))
+    assert np.isnan(ds["loss_test"].sel(epoch=last - 1))
 
     p = 113
     params = {n: torch.from_numpy(ds[n].values[-1]) for n in WEIGHT_NAMES}
@@ -237,5 +237,5 @@ def test_wd_10_1_loss_curve_file():
     labels = grid_labels(p)
     is_test = ~torch.from_numpy(ds["is_train"].values.reshape(-1))
     model_test = torch.nn.functional.cross_entropy(logits[is_test], labels[is_test]).item()
-    one_entry_step = float(ds["test_loss"].sel(epoch=last - 10)) - stored  # the decrease over 10 epochs
+    one_entry_step = float(ds["loss_test"].sel(epoch=last - 10)) - stored  # the decrease over 10 epochs
     assert 0 < stored - model_test < 0.3 * one_entry_step

@@ -301,7 +301,7 @@ def test_a_missing_variable_is_named_with_its_producer(progress, clusters, fixtu
         fig_fourier_norms(fixture_trajectory)
     with pytest.raises(AnalysisError, match=r"attn_to_a.*'reference'"):
         fig_attention(fixture_analysis["attention"].to_dataset())
-    with pytest.raises(AnalysisError, match=r"train_loss, test_loss.*mechgrok\.open_run.*loss_train"):
+    with pytest.raises(AnalysisError, match=r"loss_train, loss_test.*mechgrok\.open_run.*loss_train"):
         fig_loss_curves(clusters)
     with pytest.raises(AnalysisError, match=r"over training"):
         fig_fourier_norms_over_training(progress.isel(checkpoint=-1))
@@ -358,7 +358,7 @@ def _paper_run(tmp_path):
 
 def test_loss_curves_draw_a_test_loss_logged_every_10_epochs(tmp_path, fixture_analysis):
     ds = mechgrok.open_run(_paper_run(tmp_path))
-    assert ds["test_loss"].attrs["log_every"] == STRIDE and np.isnan(ds["test_loss"].values).sum() > 0
+    assert ds["loss_test"].attrs["log_every"] == STRIDE and np.isnan(ds["loss_test"].values).sum() > 0
     for fig in (fig_loss_curves(ds), fig_loss_curves(fixture_analysis, trajectory=ds)):
         lines = _lines(fig.axes[0])
         test = lines["test"]
@@ -373,12 +373,12 @@ def test_loss_curves_draw_a_test_loss_logged_every_10_epochs(tmp_path, fixture_a
 def test_loss_curves_from_the_run_and_from_the_progress_measures(fixture_trajectory, progress):
     fig = fig_loss_curves(fixture_trajectory)
     lines = _lines(fig.axes[0])
-    for label, var in (("train", "train_loss"), ("test", "test_loss")):
+    for label, var in (("train", "loss_train"), ("test", "loss_test")):
         curve = fixture_trajectory[var].dropna("epoch")
         np.testing.assert_array_equal(lines[label].get_xdata(), curve["epoch"].values)
         np.testing.assert_array_equal(lines[label].get_ydata(), curve.values)
     acc = _lines(fig.axes[1])
-    np.testing.assert_array_equal(acc["test"].get_ydata(), fixture_trajectory["test_acc"].dropna("epoch").values)
+    np.testing.assert_array_equal(acc["test"].get_ydata(), fixture_trajectory["acc_test"].dropna("epoch").values)
     assert "(every epoch;" in fig.get_suptitle()
     fig = fig_loss_curves(progress)
     lines = _lines(fig.axes[0])

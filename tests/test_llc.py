@@ -337,7 +337,7 @@ def test_trajectory_on_the_fixture(quick_run):
     assert out["checkpoint"].values.tolist() == [1000, 3000]
     assert out["checkpoint"].attrs["units"] == "epochs"
     # the loss at the checkpoint is exactly the training loss the trainer logged (all p + 1 classes, float64)
-    logged = quick_run["train_loss"].sel(epoch=[1000, 3000]).values
+    logged = quick_run["loss_train"].sel(epoch=[1000, 3000]).values
     np.testing.assert_allclose(out["init_loss"].values, logged, rtol=1e-4)
     assert out.attrs["n_train"] == int(quick_run["is_train"].sum())
     assert out.attrs["nbeta"] == pytest.approx(default_nbeta(out.attrs["n_train"]))

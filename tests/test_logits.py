@@ -112,5 +112,5 @@ def test_planted_model_classifies_the_whole_grid(p, freqs, max_loss):
     assert float(accuracy(L[1], labels)) == 1.0
     assert float(cross_entropy(L[1], labels)) < max_loss
     assert float(accuracy(L[0], labels)) < 0.2
-    assert ds["train_acc"].values.tolist()[-1] == 1.0 and ds["test_acc"].values.tolist()[-1] == 1.0
-    assert ds["test_loss"].values[-1] < max_loss and ds["train_loss"].values[0] > 1.0
+    assert ds["acc_train"].values.tolist()[-1] == 1.0 and ds["acc_test"].values.tolist()[-1] == 1.0
+    assert ds["loss_test"].values[-1] < max_loss and ds["loss_train"].values[0] > 1.0

@@ -98,10 +98,10 @@ def test_float32_at_a_grokked_checkpoint_keeps_the_label_gradient():
     p = int(ds.attrs["p"])
     mask = torch.from_numpy(ds["is_train"].values.reshape(-1))
     tokens, labels = grid_tokens(p)[mask], grid_labels(p)[mask]
-    w32 = {k: v.expand(2, *v.shape[1:]).contiguous() for k, v in checkpoint_weights(ds.sel(checkpoint=[3000])).items()}
+    w32 = {k: v.expand(2, *v.shape[1:]).contiguous() for k, v in checkpoint_weights(ds.sel(checkpoint=[3000]), dtype=torch.float32).items()}
     ref = _autograd({k: v.double() for k, v in w32.items()}, tokens, labels)
     assert float(ref[0][0]) < 1e-6  # a tiny loss: float32 rounds the label's probability to 1
-    logged = float(ds["train_loss"].sel(epoch=3000))
+    logged = float(ds["loss_train"].sel(epoch=3000))
     loss, grads = _hand(w32, tokens, labels)
     assert float(loss[0]) == pytest.approx(logged, rel=1e-4)
     _assert_same((loss, grads), ref, rtol=1e-4)

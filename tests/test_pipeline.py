@@ -50,11 +50,11 @@ def test_one_pass_results_equal_the_standalone_analyses(fixture_trajectory, fixt
 def test_model_losses_agree_with_the_training_metrics(fixture_trajectory, fixture_analysis):
     """The analysis loss (p classes) and the trainer's (p + 1 classes) differ only by the tiny '=' mass."""
     ab = fixture_analysis["ablation"].to_dataset(inherit=False)
-    trained = fixture_trajectory["test_acc"].sel(epoch=ab["checkpoint"].values).values
+    trained = fixture_trajectory["acc_test"].sel(epoch=ab["checkpoint"].values).values
     np.testing.assert_allclose(ab["acc_test"].values, trained, atol=1e-12)
     late = ab["checkpoint"].values >= 2500
     np.testing.assert_allclose(ab["loss_test"].values[late],
-                               fixture_trajectory["test_loss"].sel(epoch=ab["checkpoint"].values[late]).values, rtol=0.05)
+                               fixture_trajectory["loss_test"].sel(epoch=ab["checkpoint"].values[late]).values, rtol=0.05)
 
 
 def test_fixture_run_tells_the_papers_story(fixture_analysis):
@@ -199,7 +199,7 @@ def test_released_model_end_to_end():
     assert s["skipped"] == {"phases": "needs at least 3 checkpoints, the trajectory has 1"}
     assert s["key_frequencies"]["set"] == [36, 52] and s["key_frequencies"]["sources_agree"]
     final = s["losses"]["final"]
-    assert final["loss_train"] == pytest.approx(float(ds["train_loss"].values[-1]), rel=0.02)  # 1.68e-10 saved
+    assert final["loss_train"] == pytest.approx(float(ds["loss_train"].values[-1]), rel=0.02)  # 1.68e-10 saved
     assert final["acc_train"] == 1.0 and final["acc_test"] == 1.0
     assert final["restricted_loss_all"] < final["loss_all"] < 1e-6 < 1.0 < final["excluded_loss_full"]
     with pytest.raises(AnalysisError, match="at least 3 checkpoints"):

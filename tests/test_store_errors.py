@@ -220,7 +220,7 @@ def test_cli_train_with_zarr(tmp_path):
     z, ref = open_run(store), open_run(run)
     assert list(z["checkpoint"].values) == [0, 5, 10]
     np.testing.assert_array_equal(z["W_E"].values, ref["W_E"].values)
-    np.testing.assert_array_equal(z["train_loss"].values, ref["train_loss"].values)
+    np.testing.assert_array_equal(z["loss_train"].values, ref["loss_train"].values)
     result = runner.invoke(app, ["train", str(tmp_path / "run2"), "--config", str(cfg), "--quiet", "--zarr", str(store)])
     assert result.exit_code == 2 and "already exists" in result.output
     assert not (tmp_path / "run2").exists()

@@ -74,7 +74,7 @@ def run_weights(ds: xr.Dataset) -> list[dict[str, np.ndarray]]:
     return [{n: ds[n].values[i] for n in WEIGHT_NAMES} for i in range(ds.sizes["checkpoint"])]
 
 
-def assert_same_trajectory(a: xr.Dataset, b: xr.Dataset, *, curves=("train_loss", "test_loss")) -> None:
+def assert_same_trajectory(a: xr.Dataset, b: xr.Dataset, *, curves=("loss_train", "loss_test")) -> None:
     np.testing.assert_array_equal(a["checkpoint"].values, b["checkpoint"].values)
     for n in WEIGHT_NAMES:
         assert a[n].dims == b[n].dims, n
@@ -99,7 +99,7 @@ def test_run_dir_schema(tiny_run):
     assert ds["W_Q"].dims == ("checkpoint", "head", "d_model", "d_head")
     assert ds["W_O"].dims == ("checkpoint", "head", "d_head", "d_model")
     assert ds["W_in"].dims == ("checkpoint", "d_model", "d_mlp")
-    assert ds["train_loss"].dims == ("epoch",) and ds.sizes["epoch"] == 21
+    assert ds["loss_train"].dims == ("epoch",) and ds.sizes["epoch"] == 21
     assert ds["is_train"].dims == ("a", "b") and int(ds["is_train"].sum()) == int(0.5 * 121)
     assert json.loads(ds.attrs["config_json"])["d_mlp"] == 16
     assert ds.attrs["p"] == 11 and ds.attrs["source_format"] == "mechgrok-run" and "mechgrok_version" in ds.attrs
@@ -120,8 +120,8 @@ def test_tl_demo_layout_round_trip(tiny_run, tmp_path):
                    "d_vocab_out": 12, "n_ctx": 3, "act_fn": "relu", "normalization_type": None, "seed": 999},
         "checkpoints": [to_transformerlens(w) for w in run_weights(ref)],
         "checkpoint_epochs": [0, 5, 10, 15, 20],
-        "train_losses": [float(v) for v in ref["train_loss"].values],
-        "test_losses": [float(v) for v in ref["test_loss"].values],
+        "train_losses": [float(v) for v in ref["loss_train"].values],
+        "test_losses": [float(v) for v in ref["loss_test"].values],
         "train_indices": torch.from_numpy(train_idx),
         "test_indices": torch.from_numpy(test_idx),
     }
@@ -140,8 +140,8 @@ def test_paper_full_run_layout_round_trip(tiny_run, tmp_path):
                    "num_layers": 1, "n_ctx": 3, "d_vocab": 12, "act_type": "ReLU", "save_every": 5},
         "state_dicts": [to_original(w) for w in run_weights(ref)],
         "epochs": [0, 5, 10, 15, 20],
-        "train_losses": [float(v) for v in ref["train_loss"].values],
-        "test_losses": [float(v) for v in ref["test_loss"].values],
+        "train_losses": [float(v) for v in ref["loss_train"].values],
+        "test_losses": [float(v) for v in ref["loss_test"].values],
     }
     f = tmp_path / "full_run_data.pth"
     torch.save(obj, f)
@@ -165,7 +165,7 @@ def test_paper_full_run_test_loss_cadence(tiny_run, tmp_path):
     f = tmp_path / "full_run_data.pth"
     torch.save(obj, f)
     ds = open_run(f)
-    test = ds["test_loss"].dropna("epoch")
+    test = ds["loss_test"].dropna("epoch")
     np.testing.assert_array_equal(test["epoch"].values, [0, 4, 8, 12, 16])
     np.testing.assert_array_equal(test.values, [1, 2, 3, 4, 5])
     assert "every" not in ds.attrs["curve_epochs"] and "4 * j" in ds.attrs["curve_epochs"]
@@ -180,16 +180,16 @@ def test_paper_epoch_folder(tiny_run, tmp_path):
     torch.save({"model": to_original(run_weights(ref)[0]), "train_data": [(int(i) // 11, int(i) % 11, 11) for i in train_idx],
                 "test_data": []}, folder / "init.pth")
     for e, w in zip(ref["checkpoint"].values, run_weights(ref)):
-        torch.save({"model": to_original(w), "train_loss": float(ref["train_loss"].sel(epoch=e)),
-                    "test_loss": float(ref["test_loss"].sel(epoch=e)), "epoch": int(e)}, folder / f"{int(e)}.pth")
+        torch.save({"model": to_original(w), "train_loss": float(ref["loss_train"].sel(epoch=e)),
+                    "test_loss": float(ref["loss_test"].sel(epoch=e)), "epoch": int(e)}, folder / f"{int(e)}.pth")
     ds = open_run(folder)
     assert ds.attrs["source_format"] == "paper-epochs" and ds.attrs["split"] == "stored"
     assert_same_trajectory(ds, ref, curves=())
-    np.testing.assert_array_equal(ds["train_loss"].values, ref["train_loss"].sel(epoch=[0, 5, 10, 15, 20]).values)
+    np.testing.assert_array_equal(ds["loss_train"].values, ref["loss_train"].sel(epoch=[0, 5, 10, 15, 20]).values)
     # final.pth brings the per-epoch curves
     torch.save({"model": to_original(run_weights(ref)[-1]), "epoch": 20,
-                "train_losses": [float(v) for v in ref["train_loss"].values],
-                "test_losses": [float(v) for v in ref["test_loss"].values]}, folder / "final.pth")
+                "train_losses": [float(v) for v in ref["loss_train"].values],
+                "test_losses": [float(v) for v in ref["loss_test"].values]}, folder / "final.pth")
     assert_same_trajectory(open_run(folder), ref)
 
 
@@ -302,7 +302,7 @@ def test_mod_addition_no_wd_train_loss():
     logits = forward(_params(ds), grid_tokens(p)).logits  # (p^2, 114), float32
     labels = grid_labels(p)
     train = torch.from_numpy(ds["is_train"].values.reshape(-1))
-    last_saved = float(ds["train_loss"].values[-1])
+    last_saved = float(ds["loss_train"].values[-1])
     assert last_saved == pytest.approx(1.68e-10, rel=0.01)
     # float64 loss over the training loss's 114 classes: within 2% of the stored value
     loss64 = torch.nn.functional.cross_entropy(logits[train].double(), labels[train]).item()
@@ -324,7 +324,7 @@ def test_low_precision_model_reference_errors():
     labels = grid_labels(p)
     assert int((logits.argmax(-1) != labels).sum()) == 7
     assert torch.nn.functional.cross_entropy(logits.double(), labels).item() == pytest.approx(2.89e-3, rel=0.01)
-    test = ds["test_loss"].dropna("epoch")
+    test = ds["loss_test"].dropna("epoch")
     assert test["epoch"].values[1] == 10 and test.sizes["epoch"] == 5000
 
 
@@ -344,7 +344,7 @@ def test_induction_head_model_has_two_layers():
             for j in range(12):
                 np.testing.assert_array_equal(ds["W_O"].values[0, layer, h, j], orig_o[:, h * 12 + j])
     assert json.loads(ds.attrs["config_json"])["source_config"]["num_layers"] == 2
-    test = ds["test_loss"].dropna("epoch")
+    test = ds["loss_test"].dropna("epoch")
     assert test["epoch"].values[1] == 4  # stored every 4 epochs
 
 

@@ -113,16 +113,16 @@ def test_append_curves(store):
     ds = open_store(store)
     last = int(ds["epoch"].values[-1])
     e = np.arange(last + 1, last + 4)
-    rows = xr.Dataset({n: ("epoch", np.full(3, 0.5)) for n in ("train_loss", "test_loss", "train_acc", "test_acc")},
+    rows = xr.Dataset({n: ("epoch", np.full(3, 0.5)) for n in ("loss_train", "loss_test", "acc_train", "acc_test")},
                       coords={"epoch": e})
-    with pytest.raises(StoreError, match="missing: test_acc"):
-        append_curves(store, rows.drop_vars("test_acc"))
+    with pytest.raises(StoreError, match="missing: acc_test"):
+        append_curves(store, rows.drop_vars("acc_test"))
     with pytest.raises(StoreError, match="not after"):
         append_curves(store, rows.assign_coords(epoch=e - 3))
     append_curves(store, rows)
     after = open_store(store)
     np.testing.assert_array_equal(after["epoch"].values[-3:], e)
-    np.testing.assert_array_equal(after["train_loss"].values[-3:], 0.5)
+    np.testing.assert_array_equal(after["loss_train"].values[-3:], 0.5)
     assert after.sizes["checkpoint"] == ds.sizes["checkpoint"]
 
 
@@ -235,12 +235,12 @@ def test_writer_without_run_dir(tmp_path, tiny_config):
     path = tmp_path / "w.zarr"
     writer = TrajectoryWriter(path, config={"p": 53, "note": "synthetic"}, p=53, is_train=ref["is_train"].values)
     for i, e in enumerate(ref["checkpoint"].values):
-        curves = {"train_loss": (np.arange(e + 1), np.full(e + 1, float(i)))}
+        curves = {"loss_train": (np.arange(e + 1), np.full(e + 1, float(i)))}
         writer.append(int(e), {n: ref[n].values[i] for n in WEIGHT_NAMES}, curves=curves)
     ds = open_run(path)
     np.testing.assert_array_equal(ds["W_U"].values, ref["W_U"].values)
-    assert ds.sizes["epoch"] == 101 and float(ds["train_loss"].sel(epoch=100)) == 2.0
-    assert float(ds["train_loss"].sel(epoch=50)) == 1.0 and float(ds["train_loss"].sel(epoch=0)) == 0.0
+    assert ds.sizes["epoch"] == 101 and float(ds["loss_train"].sel(epoch=100)) == 2.0
+    assert float(ds["loss_train"].sel(epoch=50)) == 1.0 and float(ds["loss_train"].sel(epoch=0)) == 0.0
     bad = {n: ref[n].values[0] for n in WEIGHT_NAMES}
     bad["W_E"] = bad["W_E"].copy()
     bad["W_E"][0, 0] = np.nan

@@ -43,9 +43,6 @@ from mechgrok.analyses.modular.reference import reference_views
 from mechgrok.analyses.phases import find_phases
 from mechgrok.engine import DEFAULT_CHUNK, require_checkpoints, resolve_device, run
 from mechgrok.errors import AnalysisError
-# re-exported for the CLI until it imports them from their modules
-from mechgrok.report import report_markdown, summarise  # noqa: F401
-from mechgrok.store.analysis_store import open_analysis, write_analysis  # noqa: F401
 
 __all__ = ["ANALYSES", "analyze"]
 

@@ -129,7 +129,7 @@ def pack_files() -> list[str]:
 
 
 def _loss_curves_possible(tree: xr.DataTree, trajectory: xr.Dataset | None) -> bool:
-    if trajectory is not None and "train_loss" in trajectory and "test_loss" in trajectory:
+    if trajectory is not None and "loss_train" in trajectory and "loss_test" in trajectory:
         return True
     return has_groups(tree, "ablation")
 

@@ -42,12 +42,12 @@ def _xlim(ax, epochs: np.ndarray) -> None:
         ax.set_xlim(float(epochs[0]), float(epochs[-1]))
 
 
-_CURVES = (("train", "train_loss"), ("test", "test_loss"), ("train_acc", "train_acc"), ("test_acc", "test_acc"))
+_CURVES = (("train", "loss_train"), ("test", "loss_test"), ("acc_train", "acc_train"), ("acc_test", "acc_test"))
 _AB_LOSSES = ("loss_train", "loss_test")
 
 
 def _has_curves(ds) -> bool:
-    return isinstance(ds, xr.Dataset) and "epoch" in ds.dims and all(v in ds for v in ("train_loss", "test_loss"))
+    return isinstance(ds, xr.Dataset) and "epoch" in ds.dims and all(v in ds for v in ("loss_train", "loss_test"))
 
 
 def _logged(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,8 +72,8 @@ def fig_loss_curves(tree: xr.DataTree | xr.Dataset, *, trajectory: xr.Dataset | 
     tree : xarray.DataTree or xarray.Dataset
         One of
 
-        - the run's trajectory (:func:`mechgrok.open_run`) with the curves ``train_loss``, ``test_loss`` (and
-          ``train_acc``, ``test_acc``) over ``epoch``: those are drawn;
+        - the run's trajectory (:func:`mechgrok.open_run`) with the curves ``loss_train``, ``loss_test`` (and
+          ``acc_train``, ``acc_test``) over ``epoch``: those are drawn;
         - the analysis tree (:func:`mechgrok.analyze`): its ``ablation`` group (``loss_train``, ``loss_test``,
           and ``acc_train``, ``acc_test`` where present, over ``checkpoint``) is drawn, unless ``trajectory`` is
           given; its ``phases`` group (optional) is shaded;
@@ -109,14 +109,14 @@ def fig_loss_curves(tree: xr.DataTree | xr.Dataset, *, trajectory: xr.Dataset | 
     else:
         if isinstance(tree, xr.Dataset) and not all(v in tree for v in _AB_LOSSES):
             raise AnalysisError(
-                f"figure {name!r} needs the curves train_loss, test_loss over epoch (the trajectory of "
+                f"figure {name!r} needs the curves loss_train, loss_test over epoch (the trajectory of "
                 f"{PRODUCERS['curves']}) or the losses loss_train, loss_test over checkpoint (from "
                 f"{PRODUCERS['ablation']}); the Dataset has neither"
             )
         ab = group(tree, "ablation", needs=_AB_LOSSES, figure=name)
         x = _epochs(ab)
         curves = {k: (x, ab[v].values) for k, v in
-                  (("train", "loss_train"), ("test", "loss_test"), ("train_acc", "acc_train"), ("test_acc", "acc_test"))
+                  (("train", "loss_train"), ("test", "loss_test"), ("acc_train", "acc_train"), ("acc_test", "acc_test"))
                   if v in ab}
         source = "at the checkpoints; cross-entropy over the p non-'=' classes"
     every = np.concatenate([x for x, _ in curves.values()])
@@ -137,9 +137,9 @@ def fig_loss_curves(tree: xr.DataTree | xr.Dataset, *, trajectory: xr.Dataset | 
         ax.set_title("Loss")
         ax.legend(loc="lower left")
         shade_phases(ax2, spans)
-        if "train_acc" in curves and "test_acc" in curves:
-            line(ax2, "train_acc", "train")
-            line(ax2, "test_acc", "test")
+        if "acc_train" in curves and "acc_test" in curves:
+            line(ax2, "acc_train", "train")
+            line(ax2, "acc_test", "test")
             ax2.legend(loc="center right")
         ax2.set_ylim(-0.02, 1.02)
         _xlim(ax2, span)

@@ -73,8 +73,8 @@ def open_run(
         (curves), ``vocab``, ``pos``, ``head``, ``d_model``, ``d_head``, ``d_mlp``, ``vocab_out``, ``layer`` (multi-layer
         models only), ``a``, ``b``. Weights ``W_E`` (checkpoint, vocab, d_model), ``W_pos``, ``W_Q``/``W_K``/``W_V``
         (checkpoint, [layer,] head, d_model, d_head), ``W_O``, ``W_in``, ``b_in``, ``W_out``, ``b_out``, ``W_U``
-        (checkpoint, d_model, vocab_out), float32, TransformerLens orientation; curves ``train_loss``/``test_loss``
-        (nats, float64) and ``train_acc``/``test_acc`` where stored; ``is_train`` (a, b) for modular models.
+        (checkpoint, d_model, vocab_out), float32, TransformerLens orientation; curves ``loss_train``/``loss_test``
+        (nats, float64) and ``acc_train``/``acc_test`` where stored; ``is_train`` (a, b) for modular models.
         Attrs: ``config_json``, ``p`` (modular models), ``n_layers``, ``source_format``, ``source_files``,
         ``source_layout``, ``mechgrok_version`` and how the split was obtained (``split``, ``split_rule``,
         ``split_seed``, ``split_frac_train``). In memory, except for a Zarr store, which is lazy.

@@ -215,7 +215,7 @@ def loss_curves(
     Returns
     -------
     curves : dict of str to (epochs, values)
-        ``train_loss`` and/or ``test_loss``: int64 epochs and float64 values (nats).
+        ``loss_train`` and/or ``loss_test``: int64 epochs and float64 values (nats).
     rule : str
         A sentence saying which index went to which epoch and why (stored as ``attrs["curve_epochs"]``).
 
@@ -229,15 +229,15 @@ def loss_curves(
     Examples
     --------
     >>> curves, rule = loss_curves([0.5] * 1001, [1.0] * 101)
-    >>> curves["test_loss"][0][[0, 1, -1]].tolist()
+    >>> curves["loss_test"][0][[0, 1, -1]].tolist()
     [0, 10, 1000]
     >>> for part in rule.split("; "):
     ...     print(part)
-    train_loss[i] is epoch i (1001 entries: epochs 0..1000)
-    test_loss[j] is epoch 10 * j (101 entries: epochs 0..1000, stride 10 inferred from the lengths: 101 = ceil(1001 / 10))
+    loss_train[i] is epoch i (1001 entries: epochs 0..1000)
+    loss_test[j] is epoch 10 * j (101 entries: epochs 0..1000, stride 10 inferred from the lengths: 101 = ceil(1001 / 10))
     """
     lists: dict[str, tuple[str, np.ndarray]] = {}
-    given = (("train_loss", "train_losses", train_losses), ("test_loss", "test_losses", test_losses))
+    given = (("loss_train", "train_losses", train_losses), ("loss_test", "test_losses", test_losses))
     for curve, stored, values in given:
         if values is not None:
             arr = _float_array(values, name=stored, path=path)

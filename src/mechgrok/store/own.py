@@ -18,7 +18,7 @@ from mechgrok.tasks.modular_arithmetic import train_mask
 from mechgrok.errors import CheckpointError, ConfigError, RunDirError
 from mechgrok.models.transformer import PARAM_KEYS, param_shapes
 from mechgrok.rundir import list_checkpoints, read_checkpoint, read_config, read_metrics, read_split
-from mechgrok.store.schema import CURVE_NAMES, build_dataset
+from mechgrok.store.schema import CURVE_NAMES, METRIC_OF_CURVE, build_dataset
 
 __all__ = ["RUN_SOURCE_FORMAT", "load_run_dir", "run_metadata", "run_checkpoint_weights"]
 
@@ -85,8 +85,9 @@ def run_metadata(path: str | Path, *, upto: int | None = None) -> dict[str, Any]
     cfg = read_config(path)
     metrics = read_metrics(path)
     keep = slice(None) if upto is None else metrics["epoch"] <= upto
-    curves = {name: (metrics["epoch"][keep], metrics[name][keep]) for name in CURVE_NAMES}
-    if curves["train_loss"][0].size == 0:
+    # metrics.csv columns train_loss, test_loss, train_acc, test_acc are the curves loss_train, loss_test, ...
+    curves = {name: (metrics["epoch"][keep], metrics[METRIC_OF_CURVE[name]][keep]) for name in CURVE_NAMES}
+    if curves["loss_train"][0].size == 0:
         curves = {}
     train, _ = read_split(path)
     return {

@@ -152,8 +152,8 @@ def load_single_model(
     curves, rule = loss_curves(meta.get("train_losses"), meta.get("test_losses"), path=path)
     if meta.get("epoch") is not None:
         epoch, why = as_epoch(meta["epoch"], name="epoch", path=path), "the file's 'epoch'"
-    elif "train_loss" in curves:
-        epoch, why = int(curves["train_loss"][0][-1]), "the last index of the file's train_losses"
+    elif "loss_train" in curves:
+        epoch, why = int(curves["loss_train"][0][-1]), "the last index of the file's train_losses"
     else:
         epoch, why = 0, "none stored: 0"
     cfg = _source_config(meta, path=path) if meta else None
@@ -212,7 +212,7 @@ def load_paper_epochs(
     epochs: list[int] = []
     labels: list[tuple[Any, str]] = []
     used: list[Path] = []
-    point_losses: dict[str, list[tuple[int, float]]] = {"train_loss": [], "test_loss": []}
+    point_losses: dict[str, list[tuple[int, float]]] = {"loss_train": [], "loss_test": []}
     for epoch, f in files:
         obj = load_checkpoint_file(f, trusted=trusted)
         if isinstance(obj, Mapping) and obj.get("epoch") is not None:
@@ -223,10 +223,10 @@ def load_paper_epochs(
         epochs.append(epoch)
         labels.append((f, ""))
         used.append(f)
-        if isinstance(obj, Mapping):
-            for name in point_losses:
-                if obj.get(name) is not None:
-                    point_losses[name].append((epoch, float(obj[name])))
+        if isinstance(obj, Mapping):  # the files' keys train_loss / test_loss are the curves loss_train / loss_test
+            for name, key in (("loss_train", "train_loss"), ("loss_test", "test_loss")):
+                if obj.get(key) is not None:
+                    point_losses[name].append((epoch, float(obj[key])))
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rule = ""
     final = folder / "final.pth"

@@ -23,7 +23,7 @@ d_model), ``W_in`` (checkpoint, [layer,] d_model, d_mlp), ``b_in`` (checkpoint, 
 ``W_out`` (checkpoint, [layer,] d_mlp, d_model), ``b_out`` (checkpoint, [layer,] d_model),
 ``W_U`` (checkpoint, d_model, vocab_out). Attention-only models have no MLP variables.
 
-``train_loss``, ``test_loss`` (epoch; float64, nats), ``train_acc``, ``test_acc`` (epoch; float64, fraction),
+``loss_train``, ``loss_test`` (epoch; float64, nats), ``acc_train``, ``acc_test`` (epoch; float64, fraction),
 where the source has them. ``is_train`` (a, b; bool), where the split is known or can be rebuilt.
 
 Attrs
@@ -44,7 +44,7 @@ import xarray as xr
 from mechgrok import __version__
 from mechgrok.errors import CheckpointError
 
-__all__ = ["WEIGHT_DIMS", "BLOCK_WEIGHTS", "CURVE_NAMES", "build_dataset"]
+__all__ = ["WEIGHT_DIMS", "BLOCK_WEIGHTS", "CURVE_NAMES", "METRIC_OF_CURVE", "build_dataset"]
 
 #: Dims of each weight (without ``checkpoint`` and ``layer``).
 WEIGHT_DIMS: dict[str, tuple[str, ...]] = {
@@ -63,7 +63,9 @@ WEIGHT_DIMS: dict[str, tuple[str, ...]] = {
 #: Weights that belong to a transformer block (get a ``layer`` dim in multi-layer models).
 BLOCK_WEIGHTS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "b_in", "W_out", "b_out")
 #: Curve variables on the ``epoch`` dim.
-CURVE_NAMES = ("train_loss", "test_loss", "train_acc", "test_acc")
+CURVE_NAMES = ("loss_train", "loss_test", "acc_train", "acc_test")
+#: The column of a run directory's metrics.csv (and of the paper's per-epoch files) that holds each curve.
+METRIC_OF_CURVE = {"loss_train": "train_loss", "loss_test": "test_loss", "acc_train": "train_acc", "acc_test": "test_acc"}
 
 
 def build_dataset(

@@ -79,7 +79,7 @@ def load_tl_demo(obj: Any, path: str | Path, *, seed: int | None = None, frac_tr
                   for i, sd in enumerate(ckpts)]
         labels = [(path, f"checkpoints[{i}]") for i in range(len(ckpts))]
     elif obj.get("model") is not None:
-        epochs = [int(curves["train_loss"][0][-1]) if "train_loss" in curves else 0]
+        epochs = [int(curves["loss_train"][0][-1]) if "loss_train" in curves else 0]
         models = [convert_state_dict(obj["model"], layout="transformerlens", path=path, label="model")]
         labels = [(path, "model")]
     else:
