@@ -108,13 +108,14 @@ def _grid_pass(ck: Checkpoint) -> GridPass:
         _LOCAL.W_U = torch.zeros(1, d_model, n_cols, dtype=torch.float64, device=ck.device)
     _LOCAL.W_U[..., :p] = w["W_U"][..., :p]
     cache = bool(ck.needs & {"mlp_post", "attn", "resid_mid"})
-    out = grid_forward({**w, "W_U": _LOCAL.W_U}, p, dtype=torch.float64, out=_LOCAL.logits, cache=cache)
+    out = grid_forward({**w, "W_U": _LOCAL.W_U}, p, dtype=torch.float64, out=_LOCAL.logits, cache=cache,
+                       resid_mid="resid_mid" in ck.needs)
     return GridPass(
         p=p,
         logits=out.logits[0, :, :p],
         mlp_post=out.mlp_post[0] if cache else None,
         attn_pattern=out.attn_pattern[0] if cache else None,
-        resid_mid=out.resid_mid[0] if cache else None,
+        resid_mid=out.resid_mid[0] if "resid_mid" in ck.needs else None,
     )
 
 
@@ -219,6 +220,7 @@ def grid_forward(
     p: int,
     *,
     cache: bool = False,
+    resid_mid: bool | None = None,
     dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None,
 ) -> ForwardOutput:
@@ -247,6 +249,8 @@ def grid_forward(
         The modulus; the vocabulary holds the residues 0..p-1 and ``=`` (id p), ``n_ctx`` is 3.
     cache : bool
         Also return the attention pattern, the MLP activations and ``resid_mid``.
+    resid_mid : bool, optional
+        With ``cache``, also ``resid_mid`` (default: as ``cache``); False spares its d_model columns.
     dtype : torch.dtype, optional
         Arithmetic precision of every step (default: that of ``params["W_E"]``). float64 gives logits exact
         to about 1e-15 relative; float32 is twice as fast and about 1e-7 relative.
@@ -289,9 +293,10 @@ def grid_forward(
     logits = out.view(-1).as_strided((C, p, p, n_out), (step, p * n_out, n_out, 1))
     pattern = torch.empty(C, p, p, h, 3, dtype=dtype, device=out.device) if cache else None
     post_all = torch.empty(C, p, p, f, dtype=dtype, device=out.device) if cache else None
-    mid_all = torch.empty(C, p, p, m, dtype=dtype, device=out.device) if cache else None
+    want_mid = cache if resid_mid is None else (cache and resid_mid)
+    mid_all = torch.empty(C, p, p, m, dtype=dtype, device=out.device) if want_mid else None
     na = max(1, _GRID_BLOCK_ROWS // p)  # values of a per block
-    width = f + n_out + (m if cache else 0)
+    width = f + n_out + (m if want_mid else 0)
     bufs = (torch.empty(na, p, width, dtype=dtype, device=out.device), torch.empty(p, na, width, dtype=dtype, device=out.device),
             None if cache else torch.empty(na * p, f, dtype=dtype, device=out.device))
     # checkpoint by checkpoint, so that the results do not depend on how checkpoints are batched
@@ -304,7 +309,7 @@ def grid_forward(
     if cache:
         res.attn_pattern = pattern.reshape(*lead, p * p, h, 3)
         res.mlp_post = post_all.reshape(*lead, p * p, f)
-        res.resid_mid = mid_all.reshape(*lead, p * p, m)
+        res.resid_mid = mid_all.reshape(*lead, p * p, m) if want_mid else None
     return res
 
 
@@ -312,6 +317,7 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all) -> None
     """:func:`grid_forward` for one checkpoint's weights ``w``; fills logits (a, b, n_out) and the caches."""
     W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = (w[k] for k in WEIGHT_NAMES)
     cache = post_all is not None
+    want_mid = mid_all is not None
     dtype = W_E.dtype
     h, d_head = W_Q.shape[0], W_Q.shape[-1]
     m, f, n_out = W_E.shape[-1], W_in.shape[-1], W_U.shape[-1]
@@ -335,20 +341,20 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all) -> None
     OV = (W_V @ W_O).transpose(0, 1).reshape(m, h * m)  # (d_model, head * d_model)
     rows = torch.cat([x0, (W_pos[1] - W_pos[0])[None], xe[None]])  # (p + 2, d_model)
     ov = (rows @ OV).reshape((p + 2) * h, m)
-    outs = [W_in, W_U] + ([torch.eye(m, dtype=dtype)] if cache else [])
-    width = f + n_out + (m if cache else 0)
+    outs = [W_in, W_U] + ([torch.eye(m, dtype=dtype, device=W_E.device)] if want_mid else [])
+    width = f + n_out + (m if want_mid else 0)
     # columns [MLP pre-activation | direct logits | resid_mid] of each (token, head) table, with the '=' term
     # folded in through A_2 = 1 - A_0 - A_1: Y_i = table(x_i) - table(=), base = const + sum_h table(=)
     tab = torch.cat([ov @ W_ for W_ in outs], -1).view(p + 2, h, width)
     Y0 = tab[:p] - tab[p + 1]  # (p, head, width)
     Y1 = Y0 + tab[p]
-    base = torch.cat([xe @ W_in + b_in, (xe + b_out) @ W_U] + ([xe] if cache else [])) + tab[p + 1].sum(0)
+    base = torch.cat([xe @ W_in + b_in, (xe + b_out) @ W_U] + ([xe] if want_mid else [])) + tab[p + 1].sum(0)
     W_logit = W_out @ W_U  # (d_mlp, n_out)
     buf, tb, post_buf = bufs
     # blocks of na values of a (all b): the block views are made up front, to keep the Python work per block small
     blocks = zip(A0.split(na), Y0.split(na), A1t.split(na, dim=1), logits.split(na),
                  post_all.split(na) if cache else [post_buf.view(na, p, f)] * p,
-                 mid_all.split(na) if cache else [None] * p)
+                 mid_all.split(na) if want_mid else [None] * p)
     for A0b, Y0b, A1b, lg, post, mid in blocks:
         n = A0b.shape[0]
         o, t = (buf, tb) if n == na else (buf[:n], tb[:, :n])

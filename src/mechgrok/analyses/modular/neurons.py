@@ -71,8 +71,14 @@ def fve_by_frequency(X: torch.Tensor, p: int) -> torch.Tensor:
         (..., n, (p-1)/2) float64 fractions in [0, 1]; 0 for a neuron with no variance over the grid.
     """
     X = X.to(torch.float64)
-    X = X - X.mean(dim=-2, keepdim=True)
-    total = X.square().sum(dim=-2)  # (..., n); Parseval: the sum of all squared 2D Fourier coefficients
+    # Centring over the grid changes only the constant component: every level-set sum below drops by p * mean, a
+    # constant over x, whose transform at k >= 1 is 0. So the sums are taken on X as it is (no centred copy), and
+    # the variance is sum X^2 - p^2 mean^2.
+    mean = X.mean(dim=-2)  # (..., n)
+    energy = torch.linalg.vector_norm(X, dim=-2).square()
+    total = energy - p**2 * mean.square()
+    # a variance within the rounding of that difference (64 ulps of the energy) is a constant neuron: FVE 0
+    total = torch.where(total > 64 * torch.finfo(torch.float64).eps * energy, total, torch.zeros_like(total))
     grid = X.unflatten(-2, (p, p))  # (..., a, b, n)
     s_plus, s_minus = residues(p, device=X.device), residues(p, sign=-1, device=X.device)  # a + b, a - b mod p
     zeros = X.new_zeros((*X.shape[:-2], p, X.shape[-1]))
@@ -82,8 +88,7 @@ def fve_by_frequency(X: torch.Tensor, p: int) -> torch.Tensor:
     K = (p - 1) // 2
     cos, sin = trig(p, range(1, K + 1), device=X.device)  # (K, x)
     power = (cos @ V).square() + (sin @ V).square()  # (..., 4, K, n)
-    block = (2 / p**2) * power.sum(dim=-3).transpose(-1, -2)  # (..., n, K)
-    block = block + (X.sum(dim=-2).square() / p**2)[..., None]  # the constant (0 after centring; kept for clarity)
+    block = (2 / p**2) * power.sum(dim=-3).transpose(-1, -2)  # (..., n, K); the constant is 0 after centring
     return torch.where(total[..., None] > 0, block / total[..., None].clamp_min(1e-300), torch.zeros_like(block))
 
 
