@@ -566,7 +566,12 @@ def main() -> None:
     from mechgrok.engine import FunctionKernel, resolve_device, run
     from mechgrok.pipeline import analyze
 
-    dev = resolve_device(args.device)
+    from mechgrok.errors import AnalysisError
+
+    try:
+        dev = resolve_device(args.device)
+    except AnalysisError as e:
+        raise SystemExit(str(e)) from None
     load_start = load()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, device {dev}"
           + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "")
@@ -704,6 +709,7 @@ def main() -> None:
     print(f"{'part':44s}{'in analyze':>11s}{'alone':>10s}{'marginal':>11s}   "
           f"{'timed, ' + ck:>14s}{'all ' + str(n) + ' ck':>12s}{'ratio':>8s}")
     f_ = lambda x, w=10, d=2: f"{x:{w}.{d}f}" if x is not None else " " * w  # noqa: E731
+    ratio = lambda r: f"{r:7.1f}x" if r < 10 else f"{r:7.0f}x"  # noqa: E731
     for label, dt in stages:
         print(f"{label:44s}{f_(dt, 11)}")
         if label.startswith("engine loop"):
@@ -712,11 +718,11 @@ def main() -> None:
             for g, k, _ in split:
                 rb = ref_times[g] * scale
                 print(f"{'  ' + g + ' (' + type(k).__name__ + ')':44s}{'':11s}{f_(alone[g])}{f_(marginal[g], 11)}   "
-                      f"{f_(ref_times[g], 14)}{f_(rb, 12, 1)}{rb / alone[g]:7.0f}x")
+                      f"{f_(ref_times[g], 14)}{f_(rb, 12, 1)}{ratio(rb / alone[g])}")
             parts = t_grid["caches"] + sum(marginal.values())
             print(f"{'  grid with caches + the marginals':44s}{'':11s}{f_(parts)}{'':11s}   "
                   f"{'(loop in analyze: ' + (f'{t_loop:.2f}' if t_loop is not None else '?') + ')':>26s}")
-    print(f"{'total':44s}{f_(t_a, 11)}{'':21s}   {f_(t_b_part, 14)}{f_(t_b, 12, 1)}{t_b / t_a:7.0f}x")
+    print(f"{'total':44s}{f_(t_a, 11)}{'':21s}   {f_(t_b_part, 14)}{f_(t_b, 12, 1)}{ratio(t_b / t_a)}")
     print(f"(b): reference setup (basis, cubes, regressors; not counted) {setup:.1f} s; (b) excludes the "
           "once-per-trajectory stages, which (a) includes")
 
