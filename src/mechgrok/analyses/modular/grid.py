@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import xarray as xr
 from einops import rearrange
 
 from mechgrok.errors import AnalysisError
+from mechgrok.analyses.modular.fourier import residues
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.models.transformer import WEIGHT_NAMES, ForwardOutput
 
@@ -64,6 +65,9 @@ class GridPass:
         (p*p, head, 3) attention from ``=`` to positions a, b, ``=``, when a kernel needs ``"attn"``.
     resid_mid : torch.Tensor or None
         (p*p, d_model), when a kernel needs ``"resid_mid"``.
+    neuron_sums : dict or None
+        The level-set sums of the MLP activations (``neuron_sums`` of :func:`grid_forward`), when a kernel needs
+        ``"neuron_sums"``; the activations themselves are then never stored.
     """
 
     p: int
@@ -71,6 +75,7 @@ class GridPass:
     mlp_post: torch.Tensor | None = None
     attn_pattern: torch.Tensor | None = None
     resid_mid: torch.Tensor | None = None
+    neuron_sums: dict[str, torch.Tensor] | None = None
 
 
 _LOCAL = threading.local()
@@ -107,15 +112,17 @@ def _grid_pass(ck: Checkpoint) -> GridPass:
         _LOCAL.logits = torch.empty(p * p * n_cols, dtype=torch.float64, device=ck.device)
         _LOCAL.W_U = torch.zeros(1, d_model, n_cols, dtype=torch.float64, device=ck.device)
     _LOCAL.W_U[..., :p] = w["W_U"][..., :p]
-    cache = bool(ck.needs & {"mlp_post", "attn", "resid_mid"})
-    out = grid_forward({**w, "W_U": _LOCAL.W_U}, p, dtype=torch.float64, out=_LOCAL.logits, cache=cache,
-                       resid_mid="resid_mid" in ck.needs)
+    caches = ck.needs & {"mlp_post", "attn", "resid_mid"}
+    sums: dict[str, torch.Tensor] | None = {} if "neuron_sums" in ck.needs else None
+    out = grid_forward({**w, "W_U": _LOCAL.W_U}, p, dtype=torch.float64, out=_LOCAL.logits, cache=caches,
+                       neuron_sums=sums)
     return GridPass(
         p=p,
         logits=out.logits[0, :, :p],
-        mlp_post=out.mlp_post[0] if cache else None,
-        attn_pattern=out.attn_pattern[0] if cache else None,
-        resid_mid=out.resid_mid[0] if "resid_mid" in ck.needs else None,
+        mlp_post=out.mlp_post[0] if "mlp_post" in caches else None,
+        attn_pattern=out.attn_pattern[0] if "attn" in caches else None,
+        resid_mid=out.resid_mid[0] if "resid_mid" in caches else None,
+        neuron_sums=sums,
     )
 
 
@@ -219,10 +226,10 @@ def grid_forward(
     params: Mapping[str, torch.Tensor],
     p: int,
     *,
-    cache: bool = False,
-    resid_mid: bool | None = None,
+    cache: bool | Collection[str] = False,
     dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None,
+    neuron_sums: dict[str, torch.Tensor] | None = None,
 ) -> ForwardOutput:
     """Final-position forward pass on the whole p x p input grid ``[a, b, =]``, from per-token tables.
 
@@ -247,16 +254,20 @@ def grid_forward(
         ``W_U[..., :p]`` to skip the ``=`` class); the logits have as many columns.
     p : int
         The modulus; the vocabulary holds the residues 0..p-1 and ``=`` (id p), ``n_ctx`` is 3.
-    cache : bool
-        Also return the attention pattern, the MLP activations and ``resid_mid``.
-    resid_mid : bool, optional
-        With ``cache``, also ``resid_mid`` (default: as ``cache``); False spares its d_model columns.
+    cache : bool or collection of str
+        Also return the attention pattern, the MLP activations and ``resid_mid`` (True), or those named among
+        ``"attn"``, ``"mlp_post"``, ``"resid_mid"``.
     dtype : torch.dtype, optional
         Arithmetic precision of every step (default: that of ``params["W_E"]``). float64 gives logits exact
         to about 1e-15 relative; float32 is twice as fast and about 1e-7 relative.
     out : torch.Tensor, optional
         A contiguous tensor of ``dtype`` to hold the logits, reused from call to call to spare fresh memory
         (one checkpoint: at least p * p * n_out elements); by default one is allocated.
+    neuron_sums : dict, optional
+        Filled (one checkpoint only) with what the neuron FVE needs, accumulated block by block while the MLP
+        activations are in cache, so they are never stored: ``plus``, ``minus`` (x, d_mlp): sums over the pairs
+        with a + b = x and a - b = x (mod p); ``rows`` (a, d_mlp), ``cols`` (b, d_mlp): sums over b and over a;
+        ``energy`` (d_mlp,): the sum of squares (:func:`mechgrok.analyses.modular.neurons.fve_from_sums`).
 
     Returns
     -------
@@ -291,32 +302,41 @@ def grid_forward(
     if out.dtype != dtype or not out.is_contiguous() or out.numel() < (C - 1) * step + n_el:
         raise AnalysisError(f"out must be a contiguous {dtype} tensor of at least {(C - 1) * step + n_el} elements")
     logits = out.view(-1).as_strided((C, p, p, n_out), (step, p * n_out, n_out, 1))
-    pattern = torch.empty(C, p, p, h, 3, dtype=dtype, device=out.device) if cache else None
-    post_all = torch.empty(C, p, p, f, dtype=dtype, device=out.device) if cache else None
-    want_mid = cache if resid_mid is None else (cache and resid_mid)
+    caches = {"attn", "mlp_post", "resid_mid"} if cache is True else set(cache or ())
+    bad = sorted(caches - {"attn", "mlp_post", "resid_mid"})
+    if bad:
+        raise AnalysisError(f"unknown caches {bad}; choose from attn, mlp_post, resid_mid")
+    if neuron_sums is not None and C != 1:
+        raise AnalysisError(f"neuron_sums takes one checkpoint at a time, got {C}")
+    pattern = torch.empty(C, p, p, h, 3, dtype=dtype, device=out.device) if "attn" in caches else None
+    post_all = torch.empty(C, p, p, f, dtype=dtype, device=out.device) if "mlp_post" in caches else None
+    want_mid = "resid_mid" in caches
     mid_all = torch.empty(C, p, p, m, dtype=dtype, device=out.device) if want_mid else None
     na = max(1, _GRID_BLOCK_ROWS // p)  # values of a per block
     width = f + n_out + (m if want_mid else 0)
     bufs = (torch.empty(na, p, width, dtype=dtype, device=out.device), torch.empty(p, na, width, dtype=dtype, device=out.device),
-            None if cache else torch.empty(na * p, f, dtype=dtype, device=out.device))
+            None if post_all is not None else torch.empty(na * p, f, dtype=dtype, device=out.device))
     # checkpoint by checkpoint, so that the results do not depend on how checkpoints are batched
     for c in range(C):
         # fresh (aligned) copies: vectorised kernels may round differently depending on the operands' alignment
         wc = {k: v[c].to(dtype, copy=True, memory_format=torch.contiguous_format) for k, v in w.items()}
         _grid_checkpoint(wc, p, na, bufs, logits[c], None if pattern is None else pattern[c],
-                         None if post_all is None else post_all[c], None if mid_all is None else mid_all[c])
+                         None if post_all is None else post_all[c], None if mid_all is None else mid_all[c],
+                         neuron_sums)
     res = ForwardOutput(logits=logits.flatten(1, 2).reshape(*lead, p * p, n_out))
-    if cache:
+    if pattern is not None:
         res.attn_pattern = pattern.reshape(*lead, p * p, h, 3)
+    if post_all is not None:
         res.mlp_post = post_all.reshape(*lead, p * p, f)
-        res.resid_mid = mid_all.reshape(*lead, p * p, m) if want_mid else None
+    if mid_all is not None:
+        res.resid_mid = mid_all.reshape(*lead, p * p, m)
     return res
 
 
-def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all) -> None:
+def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=None) -> None:
     """:func:`grid_forward` for one checkpoint's weights ``w``; fills logits (a, b, n_out) and the caches."""
     W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = (w[k] for k in WEIGHT_NAMES)
-    cache = post_all is not None
+    keep_post = post_all is not None
     want_mid = mid_all is not None
     dtype = W_E.dtype
     h, d_head = W_Q.shape[0], W_Q.shape[-1]
@@ -353,8 +373,14 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all) -> None
     buf, tb, post_buf = bufs
     # blocks of na values of a (all b): the block views are made up front, to keep the Python work per block small
     blocks = zip(A0.split(na), Y0.split(na), A1t.split(na, dim=1), logits.split(na),
-                 post_all.split(na) if cache else [post_buf.view(na, p, f)] * p,
+                 post_all.split(na) if keep_post else [post_buf.view(na, p, f)] * p,
                  mid_all.split(na) if want_mid else [None] * p)
+    if sums is not None:
+        for key, rows in (("plus", p), ("minus", p), ("rows", p), ("cols", p)):
+            sums[key] = torch.zeros(rows, f, dtype=dtype, device=W_E.device)
+        sums["energy"] = torch.zeros(f, dtype=dtype, device=W_E.device)
+        s_plus, s_minus = residues(p, device=W_E.device), residues(p, sign=-1, device=W_E.device)
+    a0 = 0
     for A0b, Y0b, A1b, lg, post, mid in blocks:
         n = A0b.shape[0]
         o, t = (buf, tb) if n == na else (buf[:n], tb[:, :n])
@@ -368,3 +394,11 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all) -> None
             mid.copy_(o[..., f + n_out :])
         direct = o[..., f : f + n_out].reshape(n * p, n_out)
         torch.addmm(direct, post.view(n * p, f), W_logit, out=lg.view(n * p, n_out))  # + mlp_post W_out W_U
+        if sums is not None:  # the FVE's level-set sums, while the block is in cache
+            flat, rows_ = post.view(n * p, f), slice(a0 * p, (a0 + n) * p)
+            sums["plus"].index_add_(0, s_plus[rows_], flat)
+            sums["minus"].index_add_(0, s_minus[rows_], flat)
+            sums["rows"][a0 : a0 + n] = post.sum(1)
+            sums["cols"] += post.sum(0)
+            sums["energy"] += torch.linalg.vector_norm(flat, dim=0).square()
+        a0 += n

@@ -81,8 +81,8 @@ def cos_coefficient_arrays(L: torch.Tensor, p: int) -> dict[str, np.ndarray]:
     cos, sin = trig(p, range(1, K + 1), device=L.device)  # (K, x)
     S = ((cos @ G) * cos).sum(-1) + ((sin @ G) * sin).sum(-1)  # (..., K): sum L cos(w_k (a + b - c))
     alpha = (S / math.sqrt(p**3 / 2)).cpu().numpy()
-    norm_sq = L.square().sum(dim=(-2, -1))
-    var_sq = (L - L.mean(dim=(-2, -1), keepdim=True)).square().sum(dim=(-2, -1))
+    norm_sq = torch.linalg.vector_norm(L, dim=(-2, -1)).square()
+    var_sq = norm_sq - G.sum(dim=(-2, -1)).square() / p**3  # |L - mean L|^2 = |L|^2 - (sum L)^2 / p^3
     norm_sq, var_sq = norm_sq.cpu().numpy(), var_sq.cpu().numpy()
     cos_sim = np.divide(alpha, np.sqrt(norm_sq)[..., None], out=np.zeros_like(alpha), where=norm_sq[..., None] > 0)
     return {"alpha": alpha, "cos_sim": cos_sim, "logit_norm_sq": norm_sq, "logit_var_sq": var_sq}

@@ -45,6 +45,7 @@ from mechgrok.models.transformer import WEIGHT_NAMES
 __all__ = [
     "PAPER_FVE_THRESHOLD",
     "fve_by_frequency",
+    "fve_from_sums",
     "frequency_fve",
     "NeuronClusters",
     "neuron_clusters",
@@ -71,22 +72,48 @@ def fve_by_frequency(X: torch.Tensor, p: int) -> torch.Tensor:
         (..., n, (p-1)/2) float64 fractions in [0, 1]; 0 for a neuron with no variance over the grid.
     """
     X = X.to(torch.float64)
-    # Centring over the grid changes only the constant component: every level-set sum below drops by p * mean, a
-    # constant over x, whose transform at k >= 1 is 0. So the sums are taken on X as it is (no centred copy), and
-    # the variance is sum X^2 - p^2 mean^2.
-    mean = X.mean(dim=-2)  # (..., n)
-    energy = torch.linalg.vector_norm(X, dim=-2).square()
-    total = energy - p**2 * mean.square()
-    # a variance within the rounding of that difference (64 ulps of the energy) is a constant neuron: FVE 0
-    total = torch.where(total > 64 * torch.finfo(torch.float64).eps * energy, total, torch.zeros_like(total))
     grid = X.unflatten(-2, (p, p))  # (..., a, b, n)
     s_plus, s_minus = residues(p, device=X.device), residues(p, sign=-1, device=X.device)  # a + b, a - b mod p
     zeros = X.new_zeros((*X.shape[:-2], p, X.shape[-1]))
-    V = torch.stack(
-        [zeros.index_add(-2, s_plus, X), zeros.index_add(-2, s_minus, X), grid.sum(-2), grid.sum(-3)], dim=-3
-    )  # (..., 4, x, n): sums over a + b = x, a - b = x, over b (x = a), over a (x = b)
+    return fve_from_sums(
+        plus=zeros.index_add(-2, s_plus, X), minus=zeros.index_add(-2, s_minus, X), rows=grid.sum(-2),
+        cols=grid.sum(-3), energy=torch.linalg.vector_norm(X, dim=-2).square(), p=p,
+    )
+
+
+def fve_from_sums(
+    *, plus: torch.Tensor, minus: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, energy: torch.Tensor, p: int
+) -> torch.Tensor:
+    """The FVE of each neuron by each frequency from four level-set sums of its activations (module docstring).
+
+    Parameters
+    ----------
+    plus, minus, rows, cols : torch.Tensor
+        (..., x, n): sums of the activations over the pairs with a + b = x, a - b = x (mod p), over b (x = a)
+        and over a (x = b).
+    energy : torch.Tensor
+        (..., n): sum of the squared activations.
+    p : int
+        Odd modulus.
+
+    Returns
+    -------
+    torch.Tensor
+        (..., n, (p-1)/2) float64 fractions in [0, 1]; 0 for a neuron with no variance over the grid.
+
+    Notes
+    -----
+    Centring over the grid changes only the constant component: each level-set sum drops by p * mean, a constant
+    over x, whose transform at k >= 1 is 0. So the sums are of the raw activations and the variance is
+    sum X^2 - p^2 mean^2; a variance within the rounding of that difference (64 ulps of the energy) is a constant
+    neuron, FVE 0.
+    """
+    mean = rows.sum(dim=-2) / p**2  # (..., n)
+    total = energy - p**2 * mean.square()
+    total = torch.where(total > 64 * torch.finfo(torch.float64).eps * energy, total, torch.zeros_like(total))
+    V = torch.stack([plus, minus, rows, cols], dim=-3)  # (..., 4, x, n)
     K = (p - 1) // 2
-    cos, sin = trig(p, range(1, K + 1), device=X.device)  # (K, x)
+    cos, sin = trig(p, range(1, K + 1), device=V.device)  # (K, x)
     power = (cos @ V).square() + (sin @ V).square()  # (..., 4, K, n)
     block = (2 / p**2) * power.sum(dim=-3).transpose(-1, -2)  # (..., n, K); the constant is 0 after centring
     return torch.where(total[..., None] > 0, block / total[..., None].clamp_min(1e-300), torch.zeros_like(block))
@@ -137,15 +164,15 @@ class NeuronClusters:
     keep_fve: bool = True
     name: str = "neurons"
     weights: tuple[str, ...] | None = WEIGHT_NAMES
-    needs: frozenset[str] = frozenset({"mlp_post"})
+    needs: frozenset[str] = frozenset({"neuron_sums"})
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
             raise AnalysisError(f"the FVE threshold must lie in (0, 1], got {self.threshold}")
 
     def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
-        g = grid_pass(ck)
-        return {"fve": fve_by_frequency(g.mlp_post, g.p).cpu().numpy()}
+        g = grid_pass(ck)  # the level-set sums are taken inside the pass: the activations are never stored
+        return {"fve": fve_from_sums(**g.neuron_sums, p=g.p).cpu().numpy()}
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
         out = clusters_from_fve(_fve_array(values["fve"], np.asarray(checkpoint.values)), threshold=self.threshold)
