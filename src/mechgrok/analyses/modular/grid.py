@@ -380,6 +380,7 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=No
             sums[key] = torch.zeros(rows, f, dtype=dtype, device=W_E.device)
         sums["energy"] = torch.zeros(f, dtype=dtype, device=W_E.device)
         s_plus, s_minus = residues(p, device=W_E.device), residues(p, sign=-1, device=W_E.device)
+        sq = torch.empty(na * p, f, dtype=dtype, device=W_E.device)
     a0 = 0
     for A0b, Y0b, A1b, lg, post, mid in blocks:
         n = A0b.shape[0]
@@ -400,5 +401,5 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=No
             sums["minus"].index_add_(0, s_minus[rows_], flat)
             sums["rows"][a0 : a0 + n] = post.sum(1)
             sums["cols"] += post.sum(0)
-            sums["energy"] += torch.linalg.vector_norm(flat, dim=0).square()
+            sums["energy"] += torch.mul(flat, flat, out=sq[: n * p]).sum(0)  # (vector_norm is 4x slower here)
         a0 += n
