@@ -124,9 +124,18 @@ def test_the_library_never_imports_typer_or_the_cli():
 
 
 def _copy_run(src: Path, dest: Path, keep) -> Path:
-    """A copy of the run directory ``src`` with only the checkpoints whose epoch passes ``keep``."""
-    shutil.copytree(src, dest, ignore=lambda d, names: [n for n in names if n.startswith("epoch_")
-                                                        and not keep(int(n.removeprefix("epoch_").split(".")[0]))])
+    """A copy of the run directory ``src`` with only the checkpoints whose epoch passes ``keep``, without the
+    outputs a previous ``mechgrok analyze`` may have left in it (analysis.zarr, reports, figures)."""
+    outputs = {"analysis.zarr", "report.md", "report.json", "figures"}
+
+    def ignore(d: str, names: list[str]) -> list[str]:
+        if Path(d) == Path(src):
+            return [n for n in names if n in outputs]
+        if Path(d).name != "checkpoints":
+            return []
+        return [n for n in names if n.startswith("epoch_") and not keep(int(n.removeprefix("epoch_").split(".")[0]))]
+
+    shutil.copytree(src, dest, ignore=ignore)
     return dest
 
 
