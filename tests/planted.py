@@ -323,3 +323,22 @@ def random_trajectory(
         source_format="random",
         p=p,
     )
+
+
+def paper_state_dict(*, p: int = 7, d_model: int = 8, n_heads: int = 2, d_head: int = 4, d_mlp: int = 16, seed: int = 0):
+    """A random state dict in the paper's original layout (paper.md 5.2)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.W_E": torch.randn(d_model, p + 1, generator=g),
+        "pos_embed.W_pos": torch.randn(3, d_model, generator=g),
+        "blocks.0.attn.W_K": torch.randn(n_heads, d_head, d_model, generator=g),
+        "blocks.0.attn.W_Q": torch.randn(n_heads, d_head, d_model, generator=g),
+        "blocks.0.attn.W_V": torch.randn(n_heads, d_head, d_model, generator=g),
+        "blocks.0.attn.W_O": torch.randn(d_model, n_heads * d_head, generator=g),
+        "blocks.0.attn.mask": torch.tril(torch.ones(3, 3)),
+        "blocks.0.mlp.W_in": torch.randn(d_mlp, d_model, generator=g),
+        "blocks.0.mlp.b_in": torch.randn(d_mlp, generator=g),
+        "blocks.0.mlp.W_out": torch.randn(d_model, d_mlp, generator=g),
+        "blocks.0.mlp.b_out": torch.randn(d_model, generator=g),
+        "unembed.W_U": torch.randn(d_model, p + 1, generator=g),
+    }

@@ -24,31 +24,14 @@ from cli.main import app
 from mechgrok.errors import CheckpointError, MechgrokError
 from mechgrok.store import CurveCadenceError, ingest, open_run
 from mechgrok.store.assemble import curve_log_every, infer_stride, loss_curves
+
+from planted import paper_state_dict
 import nanda
 
 WD_10_1 = "wd_10-1_mod_addition_loss_curve.pth"
 N_TRAIN, N_TEST, STRIDE = 1001, 101, 10
 TRAIN = [i + 0.25 for i in range(N_TRAIN)]  # train_losses[i] = epoch i + 0.25
 TEST = [STRIDE * j + 0.5 for j in range(N_TEST)]  # test_losses[j] = epoch 10 j + 0.5
-
-
-def paper_state_dict(p: int = 7, d_model: int = 8, n_heads: int = 2, d_head: int = 4, d_mlp: int = 16) -> dict:
-    """A random model in the paper's original layout (paper.md 5.2)."""
-    g = torch.Generator().manual_seed(0)
-    return {
-        "embed.W_E": torch.randn(d_model, p + 1, generator=g),
-        "pos_embed.W_pos": torch.randn(3, d_model, generator=g),
-        "blocks.0.attn.W_K": torch.randn(n_heads, d_head, d_model, generator=g),
-        "blocks.0.attn.W_Q": torch.randn(n_heads, d_head, d_model, generator=g),
-        "blocks.0.attn.W_V": torch.randn(n_heads, d_head, d_model, generator=g),
-        "blocks.0.attn.W_O": torch.randn(d_model, n_heads * d_head, generator=g),
-        "blocks.0.attn.mask": torch.tril(torch.ones(3, 3)),
-        "blocks.0.mlp.W_in": torch.randn(d_mlp, d_model, generator=g),
-        "blocks.0.mlp.b_in": torch.randn(d_mlp, generator=g),
-        "blocks.0.mlp.W_out": torch.randn(d_model, d_mlp, generator=g),
-        "blocks.0.mlp.b_out": torch.randn(d_model, generator=g),
-        "unembed.W_U": torch.randn(d_model, p + 1, generator=g),
-    }
 
 
 def save_run(tmp_path: Path, fmt: str, train_losses=TRAIN, test_losses=TEST) -> Path:

@@ -37,6 +37,8 @@ from mechgrok.figures import (
 from mechgrok.figures.analysis import group
 from mechgrok.figures.fourier_norms import cos_sin_norms
 
+from planted import paper_state_dict
+
 EVERY = 10  # a subsample of the fixture's 61 checkpoints (every 10th: 7 checkpoints, the last included)
 
 
@@ -334,24 +336,9 @@ TEST = [2.0 / (STRIDE * j + 1) + 0.5 for j in range((N_EPOCHS - 1) // STRIDE + 1
 def _paper_run(tmp_path):
     """A file in the layout of the authors' ``wd_10-1_mod_addition_loss_curve.pth``: one train loss per epoch,
     one test loss every 10 epochs (docs/store.md "Curves")."""
-    p, d_model, n_heads, d_head, d_mlp = 7, 8, 2, 4, 16
-    g = torch.Generator().manual_seed(0)
-    model = {
-        "embed.W_E": torch.randn(d_model, p + 1, generator=g),
-        "pos_embed.W_pos": torch.randn(3, d_model, generator=g),
-        "blocks.0.attn.W_K": torch.randn(n_heads, d_head, d_model, generator=g),
-        "blocks.0.attn.W_Q": torch.randn(n_heads, d_head, d_model, generator=g),
-        "blocks.0.attn.W_V": torch.randn(n_heads, d_head, d_model, generator=g),
-        "blocks.0.attn.W_O": torch.randn(d_model, n_heads * d_head, generator=g),
-        "blocks.0.attn.mask": torch.tril(torch.ones(3, 3)),
-        "blocks.0.mlp.W_in": torch.randn(d_mlp, d_model, generator=g),
-        "blocks.0.mlp.b_in": torch.randn(d_mlp, generator=g),
-        "blocks.0.mlp.W_out": torch.randn(d_model, d_mlp, generator=g),
-        "blocks.0.mlp.b_out": torch.randn(d_model, generator=g),
-        "unembed.W_U": torch.randn(d_model, p + 1, generator=g),
-    }
+    model = paper_state_dict()
     f = tmp_path / "loss_curve.pth"
-    torch.save({"model": model, "epoch": N_EPOCHS - 1, "config": {"p": p, "seed": 1, "frac_train": 0.3},
+    torch.save({"model": model, "epoch": N_EPOCHS - 1, "config": {"p": 7, "seed": 1, "frac_train": 0.3},
                 "train_losses": TRAIN, "test_losses": TEST}, f)
     return f
 
