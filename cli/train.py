@@ -18,6 +18,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Override the number of epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Override the split seed.")] = None,
     model_seed: Annotated[Optional[int], typer.Option(help="Override the initialisation seed.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Override the torch threads of training (the bits do not depend on it; see docs/run-directory.md).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
     zarr: Annotated[Optional[Path], typer.Option("--zarr", help="Also append each checkpoint to this Zarr store as training goes.")] = None,
@@ -36,7 +37,7 @@ def train(
             cfg = Config.from_json(config.read_text(), source=config)
         else:
             cfg = get_preset(preset)
-        overrides = {k: v for k, v in {"num_epochs": epochs, "seed": seed, "model_seed": model_seed}.items() if v is not None}
+        overrides = {k: v for k, v in {"num_epochs": epochs, "seed": seed, "model_seed": model_seed, "threads": threads}.items() if v is not None}
         try:
             return cfg.replace(**overrides) if overrides else cfg
         except ConfigError as e:

@@ -48,3 +48,18 @@ def test_trains_with_progress_bar(tmp_path):
     assert quiet.exit_code == 0, quiet.output
     assert "━" not in quiet.output and "30/30" not in quiet.output and "acc" not in quiet.output
     assert "wrote" in quiet.output
+
+
+def test_threads_option_is_recorded_and_validated(tmp_path):
+    """--threads overrides the config (recorded in config.json and run.json); a bad count is one red line."""
+    import json
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"p": 11, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 16, "num_epochs": 4, "checkpoint_every": 2, "frac_train": 0.5}')
+    res = runner.invoke(app, ["train", str(tmp_path / "r"), "--config", str(cfg), "--threads", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["threads"] == 2
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["environment"]["threads"] == 2
+    bad = runner.invoke(app, ["train", str(tmp_path / "b"), "--config", str(cfg), "--threads", "0", "--quiet"])
+    assert bad.exit_code == 2 and "threads" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "b").exists()
