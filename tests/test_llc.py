@@ -359,7 +359,7 @@ def test_trajectory_on_the_fixture(quick_run):
 def test_trajectory_rejects_bad_input(quick_run):
     with pytest.raises(AnalysisError, match="every"):
         llc_trajectory(quick_run, every=0)
-    with pytest.raises(AnalysisError, match="no checkpoint at epochs"):
+    with pytest.raises(AnalysisError, match=r"no checkpoints at epochs \[7\]"):  # mechgrok.engine.select_epochs
         llc_trajectory(quick_run, epochs=[7])
     with pytest.raises(AnalysisError, match="is_train"):
         llc_trajectory(quick_run.drop_vars("is_train"), epochs=[3000])

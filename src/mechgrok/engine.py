@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import ctypes
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -337,35 +338,16 @@ def run(
     return out
 
 
-class _Serial:
-    def __call__(self, fn: Callable[..., Any], jobs: list[tuple]) -> list[Any]:
-        return [fn(*a) for a in jobs]
-
-
-class _Threads:
-    def __init__(self, pool: ThreadPoolExecutor):
-        self.pool = pool
-
-    def __call__(self, fn: Callable[..., Any], jobs: list[tuple]) -> list[Any]:
-        return list(self.pool.map(lambda a: fn(*a), jobs))
-
-
-class _workers:
-    """``with _workers(n) as pmap: pmap(fn, [args, ...])`` on ``n`` threads with single-threaded torch ops."""
-
-    def __init__(self, n: int):
-        self.n = int(n)
-        self.before = torch.get_num_threads()
-        self.pool: ThreadPoolExecutor | None = None
-
-    def __enter__(self) -> Callable[[Callable[..., Any], list[tuple]], list[Any]]:
-        if self.n <= 1:
-            return _Serial()
-        torch.set_num_threads(1)
-        self.pool = ThreadPoolExecutor(max_workers=self.n)
-        return _Threads(self.pool)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-            torch.set_num_threads(self.before)
+@contextmanager
+def _workers(n: int) -> Iterator[Callable[[Callable[..., Any], list[tuple]], list[Any]]]:
+    """``pmap(fn, [args, ...]) -> [fn(*args), ...]`` on ``n`` threads with single-threaded torch operations."""
+    if int(n) <= 1:
+        yield lambda fn, jobs: [fn(*a) for a in jobs]
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=int(n)) as pool:
+            yield lambda fn, jobs: list(pool.map(lambda a: fn(*a), jobs))
+    finally:
+        torch.set_num_threads(before)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.engine import Checkpoint, checkpoint_weights, run
+from mechgrok.engine import Checkpoint, checkpoint_weights, run, select_epochs
 from mechgrok.analyses.modular.grid import model_p
 from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens
 from mechgrok.errors import AnalysisError
@@ -646,12 +646,7 @@ def _select_checkpoints(ds: xr.Dataset, every: int, epochs: Sequence[int] | None
     if "checkpoint" not in ds.dims:
         raise AnalysisError("the trajectory has no checkpoint dim")
     if epochs is not None:
-        wanted = [int(e) for e in epochs]
-        have = set(ds["checkpoint"].values.tolist())
-        missing = [e for e in wanted if e not in have]
-        if missing:
-            raise AnalysisError(f"no checkpoint at epochs {missing[:10]}")
-        return ds.sel(checkpoint=sorted(set(wanted)))
+        return select_epochs(ds, sorted({int(e) for e in epochs}))
     if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
         raise AnalysisError(f"every must be a positive integer, got {every!r}")
     return ds.isel(checkpoint=slice(None, None, int(every)))
