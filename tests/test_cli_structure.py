@@ -15,26 +15,26 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from mechgrok_cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / "cli"
+CLI = REPO / "cli" / "mechgrok_cli"
 SRC = REPO / "src" / "mechgrok"
 MODULES = sorted(p.stem for p in CLI.glob("*.py") if p.stem != "__init__")
 runner = CliRunner()
 
 
 def _cli_imports(name: str) -> set[str]:
-    """The cli modules that ``cli/<name>.py`` imports (at any depth of the file, absolute or relative)."""
+    """The cli modules that ``cli/mechgrok_cli/<name>.py`` imports (at any depth of the file, absolute or relative)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse((CLI / f"{name}.py").read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("cli.")}
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("mechgrok_cli.")}
         elif isinstance(node, ast.ImportFrom):
-            # from cli import x / from . import x -> x;  from cli.x import y / from .x import y -> x
+            # from cli import x / from . import x -> x;  from mechgrok_cli.x import y / from .x import y -> x
             if node.level == 0:
                 parts = (node.module or "").split(".")
-                if parts[0] != "cli":
+                if parts[0] != "mechgrok_cli":
                     continue
                 tail = parts[1:]
             elif node.level == 1:
@@ -63,7 +63,7 @@ def test_the_command_modules_are_found():
 
 @pytest.mark.parametrize("name", MODULES)
 def test_no_cli_module_imports_a_command_module_or_main(name):
-    # only cli/main.py assembles the commands; the others share only the non-command modules (cli.app, ...)
+    # only cli/mechgrok_cli/main.py assembles the commands; the others share only the non-command modules (cli.app, ...)
     if name == "main":
         assert _command_modules() <= _cli_imports("main")
     else:
@@ -87,8 +87,8 @@ def test_the_cli_import_graph_has_no_cycle():
 
 @pytest.mark.parametrize("name", MODULES)
 def test_each_cli_module_imports_alone_in_a_fresh_interpreter(name):
-    code = (f"import sys, json; import cli.{name}; "
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('cli.'))))")
+    code = (f"import sys, json; import mechgrok_cli.{name}; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('mechgrok_cli.'))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     loaded = {m.split(".", 1)[1] for m in json.loads(proc.stdout.splitlines()[-1])}
@@ -98,8 +98,8 @@ def test_each_cli_module_imports_alone_in_a_fresh_interpreter(name):
 
 def test_the_entry_point_stays_fast_and_lists_the_commands_in_order():
     script = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]["mechgrok"]
-    assert script == "cli.main:main"
-    code = ("import sys; sys.argv = ['mechgrok', '--help']; from cli.main import main\n"
+    assert script == "mechgrok_cli.main:main"
+    code = ("import sys; sys.argv = ['mechgrok', '--help']; from mechgrok_cli.main import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print('HEAVY', sorted(m for m in ('torch', 'xarray', 'zarr', 'matplotlib') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,

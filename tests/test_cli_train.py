@@ -4,7 +4,7 @@ import re
 
 from typer.testing import CliRunner
 
-from cli.main import app
+from mechgrok_cli.main import app
 
 runner = CliRunner()
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from mechgrok_cli.main import app
 from mechgrok.errors import CheckpointError, MechgrokError
 from mechgrok.store import CurveCadenceError, ingest, open_run
 from mechgrok.store.assemble import curve_log_every, infer_stride, loss_curves

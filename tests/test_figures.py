@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from mechgrok_cli.main import app
 from mechgrok.errors import AnalysisError
 from mechgrok.figures import (
     fig_attention,

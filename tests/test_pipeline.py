@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from cli.main import app
+from mechgrok_cli.main import app
 from mechgrok.errors import AnalysisError, StoreError
 from mechgrok.pipeline import ANALYSES, analyze
 from mechgrok.store.analysis_store import open_analysis, write_analysis

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from mechgrok_cli.main import app
 from mechgrok.errors import (AnalysisError, CheckpointError, ConfigError, MechgrokError, RunDirError, StoreError,
                              UnsafeCheckpointError)
 from mechgrok.store import open_run

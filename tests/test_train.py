@@ -62,7 +62,7 @@ def test_existing_run_dir_is_refused(tmp_path):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from cli.main import main; main()", *args]
+    return [sys.executable, "-c", "from mechgrok_cli.main import main; main()", *args]
 
 
 @pytest.mark.slow

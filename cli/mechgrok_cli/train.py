@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import app, fail, out, run_guarded
+from mechgrok_cli.app import app, fail, out, run_guarded
 
 
 @app.command()

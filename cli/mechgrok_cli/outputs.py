@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli.app import out, run_guarded
+from mechgrok_cli.app import out, run_guarded
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr

@@ -1,7 +1,7 @@
 """The shared core of the command line: the typer app, the two consoles and the error handling.
 
-Every command module (``cli.train``, ``cli.ingest``, ``cli.analyze``, ``cli.figures``) imports its ``app`` from
-here and registers itself on it; ``cli.main`` imports the command modules and exposes :func:`cli.main.main`.
+Every command module (``mechgrok_cli.train``, ``mechgrok_cli.ingest``, ``mechgrok_cli.analyze``, ``mechgrok_cli.figures``) imports its ``app`` from
+here and registers itself on it; ``mechgrok_cli.main`` imports the command modules and exposes :func:`mechgrok_cli.main.main`.
 This module imports no command module, so there is no import cycle, and a command never calls another command:
 commands call the library.
 

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.app import app, fail, out, run_guarded
-from cli.outputs import default_out_dir, run_analysis, write_analysis_outputs
+from mechgrok_cli.app import app, fail, out, run_guarded
+from mechgrok_cli.outputs import default_out_dir, run_analysis, write_analysis_outputs
 
 
 def _parse_epochs(text: str | None) -> list[int] | None:
