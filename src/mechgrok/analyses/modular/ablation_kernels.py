@@ -210,11 +210,15 @@ class AblationPlan:
     def buffers(self) -> tuple[torch.Tensor, ...]:
         """Work buffers for :func:`measures_one`, reusable from one checkpoint to the next (one set per thread):
         logits and exponentials in residue order, with one extra all-zero row (index p*p) that pads the
-        training pairs of each residue to a common count; the padded training pairs; an excluded-logit table."""
+        training pairs of each residue to a common count; the padded training pairs; an excluded-logit table;
+        the projections R of every variant and their exponential table."""
         p, n = self.p, self.pad_shape[0] * self.pad_shape[1]
+        variants = len(self.freqs) + 1
+        # reused work memory: fresh tensors of p^3 elements cost more in page faults than the arithmetic on them
         return (torch.zeros(p * p + 1, p, dtype=torch.float64), torch.zeros(p * p + 1, p, dtype=torch.float64),
                 torch.zeros(n, p, dtype=torch.float64), torch.zeros(n, p, dtype=torch.float64),
-                torch.zeros(n, p, dtype=torch.float64))
+                torch.zeros(n, p, dtype=torch.float64), torch.zeros(variants, p, p, dtype=torch.float64),
+                torch.zeros(variants, p, p, dtype=torch.float64))
 
     def measures(self, L: torch.Tensor, bufs: tuple[torch.Tensor, ...], *, block3x3: bool) -> dict[str, np.ndarray]:
         """The measures of one checkpoint from its logits (p*p, p): fast path, or the direct one on overflow."""
@@ -281,7 +285,7 @@ def measures_one(
 ) -> dict[str, np.ndarray] | None:
     """The measures of one checkpoint, logits (p*p, p); None where the exponentials could overflow."""
     p, sidx = plan.p, plan.sidx
-    Lpad, Epad, L_tr, E_tr, V = bufs
+    Lpad, Epad, L_tr, E_tr, V, Rv, g = bufs
     if L.dtype == torch.float64:
         torch.index_select(L, 0, plan.perm, out=Lpad[: p * p])
     else:
@@ -290,10 +294,13 @@ def measures_one(
     Ly = Ls.diagonal(dim1=0, dim2=2).T  # (s, a): the label logit L[s, a, s]
     margin = float((Ls.amax(-1) - Ly).max())
     G = Ls.sum(1)  # (s, c): group sums over the pairs with a + b = s
-    alpha, beta = plan.cos @ G, plan.sin @ G  # (F, c)
-    R = (2.0 / p**2) * (plan.cos[:, :, None] * alpha[:, None, :] + plan.sin[:, :, None] * beta[:, None, :])
-    R_key = R[plan.key_pos].sum(0)  # (s, c): sum over the key frequencies
-    Rv = torch.cat([R, R_key[None]])  # (variant, s, c): every frequency in plan.freqs, then the full set
+    # R_k[s, c] = (2 / p^2) (cos_k[s] alpha_k[c] + sin_k[s] beta_k[c]): a batch of rank-2 products, written
+    # into Rv (variant, s, c): every frequency in plan.freqs, then the full set of key frequencies
+    nf = len(plan.freqs)
+    trig_s = torch.stack([plan.cos, plan.sin], -1)  # (F, s, 2)
+    coef = torch.stack([plan.cos @ G, plan.sin @ G], 1).mul_(2.0 / p**2)  # (F, 2, c): alpha_k, beta_k
+    torch.bmm(trig_s, coef, out=Rv[:nf])
+    R_key = torch.sum(Rv[plan.key_pos], 0, out=Rv[nf])  # (s, c): sum over the key frequencies
     Rd = Rv.diagonal(dim1=1, dim2=2)  # (variant, s)
     if margin + float((Rd - Rv.amin(-1)).max()) > 700.0:
         return None
@@ -301,8 +308,7 @@ def measures_one(
 
     # the model's own loss and accuracy
     E = Epad[: p * p].view(p, p, p)
-    torch.sub(Ls, Ly[:, :, None], out=E)
-    np.exp(E.numpy(), out=E.numpy())
+    torch.sub(Ls, Ly[:, :, None], out=E).exp_()  # (torch's vectorised exp: 4x numpy's on AVX2)
     E.diagonal(dim1=0, dim2=2).zero_()
     pe = torch.log1p(E.sum(-1))  # (s, a)
     E_max = E.amax(-1)  # > 1 where another class beats the label, < 1 where none reaches it
@@ -331,7 +337,7 @@ def measures_one(
             out["excluded_loss_by_freq"] = np.full(len(plan.freqs), np.nan)
             out["excluded_loss_max"] = nan
     else:
-        g = torch.exp(Rd[:, :, None] - Rv)  # (variant, s, c)
+        torch.sub(Rd[:, :, None], Rv, out=g).exp_()  # (variant, s, c)
         torch.index_select(Epad, 0, plan.pad_idx, out=E_tr)
         E_tr = E_tr.view(*plan.pad_shape, p)  # (s, pair, c), padding rows 0
         T = torch.bmm(E_tr, g.permute(1, 2, 0))  # (s, pair, variant)
@@ -359,12 +365,13 @@ def measures_one(
         FJ, m = plan.FJ, plan.FJ.shape[0]
         hat = (FJ @ L.to(torch.float64).reshape(p, p * p)).view(m, p, p)  # over a: (f, b, c)
         hat = (FJ @ hat) * plan.keep[:, :, None]  # over b: (f, g, c), only the kept blocks
-        L3 = FJ.T @ (FJ.T @ hat).view(m, p * p)  # back over b, then over a: (a, b * c)
+        L3 = Epad[: p * p].view(p, p * p)  # the exponentials are no longer needed: their memory holds L3
+        torch.mm(FJ.T, (FJ.T @ hat).view(m, p * p), out=L3)  # back over b, then over a: (a, b * c)
         L3 = L3.view(p * p, p)
         M3, arg3 = L3.max(-1)
-        ex3 = torch.sub(L3, M3[:, None])
-        np.exp(ex3.numpy(), out=ex3.numpy())
-        pe3 = (M3 - L3.gather(1, plan.labels[:, None])[:, 0]) + torch.log(ex3.sum(-1))
+        ly3 = L3.gather(1, plan.labels[:, None])[:, 0]
+        ex3 = L3.sub_(M3[:, None]).exp_()
+        pe3 = (M3 - ly3) + torch.log(ex3.sum(-1))
         corr3 = (arg3 == plan.labels).to(torch.float64)
         for split in SPLITS:
             m_, n = plan.mask_ab[split], plan.n[split]
