@@ -58,3 +58,14 @@ def fixture_analysis(fixture_trajectory):
     from mechgrok.pipeline import analyze
 
     return analyze(fixture_trajectory)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (the machine's cores are shared by many processes); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

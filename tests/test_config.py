@@ -32,7 +32,7 @@ def test_json_round_trip(name):
         ({"frac_train": 0.0}, "strictly between 0 and 1"),
         ({"frac_train": 1.0}, "strictly between 0 and 1"),
         ({"frac_train": -0.2}, "strictly between 0 and 1"),
-        ({"operation": "mul"}, "unknown operation"),
+        ({"operation": "pow"}, "unknown operation"),
         ({"d_model": 0}, "positive integer"),
     ],
 )

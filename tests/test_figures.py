@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from mechgrok_cli.main import app
 from mechgrok.errors import AnalysisError
 from mechgrok.figures import (
+    fig_algorithm_metrics,
     fig_attention,
     fig_fourier_norms,
     fig_fourier_norms_over_training,
@@ -54,12 +55,15 @@ PACK_FILES = [
     "10_key_frequency_ablations.png", "10_key_frequency_ablations.svg",
     "11_W_E_fourier_norms.gif",
     "12_neuron_frequencies.gif",
+    "13_clock_vs_pizza.png", "13_clock_vs_pizza.svg",
+    "14_vector_competition.png", "14_vector_competition.svg",
+    "15_slingshots.png", "15_slingshots.svg",
 ]
-N_CAPTIONS = 12  # one per figure (10) and per animation (2)
+N_CAPTIONS = 15  # one per figure (13) and per animation (2)
 
 FIGURE_FUNCTIONS = [fig_progress_measures, fig_fourier_norms, fig_fourier_norms_over_training, fig_neuron_clusters,
                     fig_W_logit_per_cluster, fig_fourier_spectra_2d, fig_neuron_activations, fig_attention,
-                    fig_key_frequency_ablations]
+                    fig_key_frequency_ablations, fig_algorithm_metrics]
 
 
 @pytest.fixture(scope="session")
@@ -512,7 +516,8 @@ def test_cli_figures_from_an_analysis_store(fixture_analysis, tmp_path):
     out = tmp_path / "figures"  # default: beside the store
     assert (out / "index.html").is_file() and (out / "10_key_frequency_ablations.png").is_file()
     assert not list(out.glob("*.gif"))
-    assert "wrote 10 figures" in res.output
+    n_figures = len(list(out.glob("*.png")))
+    assert n_figures >= 10 and f"wrote {n_figures} figures" in res.output
 
 
 def test_cli_figures_missing_path_is_one_red_line(tmp_path):

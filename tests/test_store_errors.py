@@ -84,8 +84,8 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[Path, type, str]]:
                             "the config says d_model=16 but the weights have d_model=8"),
         "gelu": (save(full_run([sd], config={"p": 7, "act_type": "GeLU"}), tmp / "gelu.pth"), CheckpointError, "ReLU"),
         "epochs length": (save(full_run([sd], epochs=[0, 100]), tmp / "len.pth"), CheckpointError, "1 state dicts but 2 epochs"),
-        "loss only": (save({"train_losses": [1.0], "test_losses": [1.0]}, tmp / "losses.pth"), CheckpointError,
-                      "no model weights"),
+        "no model": (save({"train_loss": 1.0, "epoch": 3}, tmp / "losses.pth"), CheckpointError,
+                     "no model weights"),  # loss curves alone load as curves (docs/phase-changes.md)
         "not a run": (save([1, 2, 3], tmp / "list.pth"), CheckpointError, "holds a list"),
     }
 

@@ -360,5 +360,8 @@ def test_numpy_file_needs_trust():
     f = shared_file("5_digit_addition_infinite_per_token.pth")
     with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
         open_run(f)
-    with pytest.raises(CheckpointError, match="no model weights"):
-        open_run(f, trusted=True)
+    # trusted, it loads as what it is: per-token loss curves, no weights (issue 12)
+    curves = open_run(f, trusted=True)
+    assert curves.attrs["task"] == "curves" and "W_E" not in curves
+    assert curves["loss_train_per_token"].dims == ("epoch", "answer_position")
+    assert curves.sizes == {"epoch": 3000, "answer_position": 6}

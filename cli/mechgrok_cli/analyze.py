@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -55,28 +56,49 @@ def analyze(
     llc_every: Annotated[int, typer.Option(min=1, help="With --llc: every N-th checkpoint.")] = 10,
     figures: Annotated[bool, typer.Option("--figures", help="Also write the figure pack (RUN_DIR/figures).")] = False,
     fmt: Annotated[Optional[str], typer.Option("--format", help="Source format (default: detected).")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow full unpickling of trusted .pth files.")] = False,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a full unpickle of .pth files (can run arbitrary code: trusted files only).")] = False,
     seed: Annotated[Optional[int], typer.Option(help="Split seed, for formats that do not store the split.")] = None,
     frac_train: Annotated[Optional[float], typer.Option(help="Training fraction, for formats that do not store the split.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Run every analysis of the paper over a trajectory; write analysis.zarr, report.md and report.json."""
-    import mechgrok
+    """Run every analysis of the paper over a trajectory; write analysis.zarr, report.md and report.json.
+
+    One analyze at a time writes to an output folder: a second one fails at once with a clear error.
+    """
+    from mechgrok.store.lock import hold
 
     analyses = _parse_only(only)
     epochs = _parse_epochs(checkpoints)
+    target = out_dir or default_out_dir(run_dir)
+    # one analyze per output folder: a second one fails at once (mechgrok.store.lock)
+    with ExitStack() as held:
+        run_guarded(held.enter_context, hold(target, kind="analyze", timeout=0,
+                                             busy="another mechgrok analyze is writing to this folder"))
+        _analyze(run_dir, target, analyses=analyses, epochs=epochs, reference=reference, chunk=chunk, device=device,
+                 llc=llc, llc_every=llc_every, figures=figures, fmt=fmt, trust_checkpoint=trust_checkpoint, seed=seed,
+                 frac_train=frac_train, quiet=quiet)
+
+
+def _analyze(run_dir: Path, target: Path, *, analyses, epochs, reference, chunk, device, llc, llc_every, figures, fmt,
+             trust_checkpoint, seed, frac_train, quiet) -> None:
+    import mechgrok
+
     ds = run_guarded(mechgrok.open_run, run_dir, format=fmt, trusted=trust_checkpoint, seed=seed,
                      frac_train=frac_train)
+    if epochs is not None and "checkpoint" not in ds.dims:
+        fail(f"{run_dir}: --checkpoints: the file holds loss curves only, no checkpoints")
     if epochs is not None:  # the reference checkpoint is always analysed
         ref = int(ds["checkpoint"].values[-1]) if reference is None else reference
         ds = run_guarded(mechgrok.select_epochs, ds, sorted(set(epochs) | {ref}))
-    target = out_dir or default_out_dir(run_dir)
     tree = run_analysis(ds, quiet=quiet, reference=reference, analyses=analyses, chunk=chunk, device=device,
                         llc=llc, llc_every=llc_every)
     write_analysis_outputs(tree, target, title=f"mechgrok report: {run_dir}")
     if figures:
+        from mechgrok.explorer import write_explorer
         from mechgrok.figures.pack import write_figure_pack
 
         run_guarded(write_figure_pack, tree, target / "figures", trajectory=ds)
-        out.print(f"figures: [bold]{target / 'figures' / 'index.html'}[/]")
+        page = run_guarded(write_explorer, tree, target / "figures" / "explorer.html", trajectory=ds,
+                           title=f"mechgrok explorer: {run_dir}")
+        out.print(f"figures: [bold]{target / 'figures' / 'index.html'}[/], interactive: [bold]{page}[/]")
     out.print(f"wrote [bold]{target / 'analysis.zarr'}[/], [bold]{target / 'report.md'}[/], [bold]{target / 'report.json'}[/]")

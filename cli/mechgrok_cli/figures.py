@@ -33,8 +33,10 @@ def figures(
     animations: Annotated[bool, typer.Option("--animations/--no-animations", help="Also write the GIF animations.")] = True,
     frames: Annotated[int, typer.Option(min=2, max=400, help="At most this many frames per animation.")] = 40,
     dpi: Annotated[int, typer.Option(min=50, max=600, help="Resolution of the PNG files (the figures are 7 in wide).")] = 200,
+    explorer: Annotated[bool, typer.Option("--explorer/--no-explorer", help="Also write explorer.html, the interactive page (offline, plotly).")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Write the figure pack: PNG + SVG of every figure, GIF animations and index.html.
+    """Write the figure pack: PNG + SVG of every figure, GIF animations, index.html and the interactive explorer.html.
 
     Uses RUN_DIR/analysis.zarr when it exists; otherwise runs `mechgrok analyze RUN_DIR` first (which writes
     analysis.zarr, report.md and report.json there).
@@ -65,9 +67,22 @@ def figures(
                       highlight=False, soft_wrap=True)
     target = out_dir or (base / "figures")
     t0 = time.perf_counter()
-    index = run_guarded(write_figure_pack, tree, target, trajectory=trajectory, animations=animations,
-                        max_frames=frames, dpi=dpi)
+    if quiet:
+        index = run_guarded(write_figure_pack, tree, target, trajectory=trajectory, animations=animations,
+                            max_frames=frames, dpi=dpi)
+    else:
+        from mechgrok.progress_bar import rich_bar
+
+        with rich_bar() as progress:
+            index = run_guarded(write_figure_pack, tree, target, trajectory=trajectory, animations=animations,
+                                max_frames=frames, dpi=dpi, progress=progress)
     n_png = len(list(target.glob("[0-9][0-9]_*.png")))
     n_gif = len(list(target.glob("[0-9][0-9]_*.gif")))
     out.print(f"wrote {n_png} figures (PNG + SVG) and {n_gif} animations in {time.perf_counter() - t0:.1f} s: "
               f"[bold]{index}[/]", highlight=False)
+    if explorer:
+        from mechgrok.explorer import write_explorer
+
+        page = run_guarded(write_explorer, tree, target / "explorer.html", trajectory=trajectory,
+                           title=f"mechgrok explorer: {run_dir}")
+        out.print(f"wrote the interactive explorer (offline): [bold]{page}[/]", highlight=False)

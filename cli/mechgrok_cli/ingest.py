@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -12,8 +11,8 @@ from mechgrok_cli.app import app, out, run_guarded
 
 @app.command()
 def ingest(
-    src: Annotated[Path, typer.Argument(help="Run directory, .pth/.pt/.safetensors file, folder of {epoch}.pth files, or Zarr store.")],
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Zarr store to write (e.g. run.zarr).")],
+    src: Annotated[str, typer.Argument(help="Run directory, .pth/.pt/.safetensors file, folder of {epoch}.pth files, or Zarr store; a path or an fsspec URL (s3://...).")],
+    out_path: Annotated[str, typer.Option("--out", "-o", help="Zarr store to write (e.g. run.zarr, s3://bucket/run.zarr).")],
     format: Annotated[Optional[str], typer.Option(
         "--format",
         help="Override format detection: mechgrok-run, zarr, paper-epochs, paper-full-run, paper-model, tl-demo, tl-model.",
@@ -44,3 +43,8 @@ def ingest(
         + (f", split {ds.attrs['split']}" if "split" in ds.attrs else ""),
         highlight=False,
     )
+    if ds.attrs.get("split") == "rebuilt":  # the source stores no split: say which one was assumed
+        out.print(f"[yellow]assumed split:[/] seed {ds.attrs.get('split_seed')}, frac_train "
+                  f"{ds.attrs.get('split_frac_train')} ({ds.attrs.get('split_rule', '')}); the store's attrs "
+                  "split_seed and split_frac_train record it. Pass --seed/--frac-train if the run used others.",
+                  highlight=False, soft_wrap=True)

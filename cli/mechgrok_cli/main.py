@@ -19,6 +19,7 @@ from mechgrok_cli import train as _train  # noqa: E402,F401,I001
 from mechgrok_cli import ingest as _ingest  # noqa: E402,F401
 from mechgrok_cli import analyze as _analyze  # noqa: E402,F401
 from mechgrok_cli import figures as _figures  # noqa: E402,F401
+from mechgrok_cli import sweep as _sweep  # noqa: E402,F401
 
 __all__ = ["app", "main"]
 

@@ -16,7 +16,7 @@ from mechgrok_cli.app import out, run_guarded
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
-__all__ = ["default_out_dir", "run_analysis", "write_analysis_outputs", "print_summary"]
+__all__ = ["default_out_dir", "run_analysis", "write_analysis_outputs", "print_summary", "print_task_summary"]
 
 
 def default_out_dir(run_dir: Path) -> Path:
@@ -30,17 +30,9 @@ def run_analysis(ds: xr.Dataset, *, quiet: bool = False, **options: Any) -> xr.D
 
     if quiet:
         return run_guarded(mechgrok.analyze, ds, **options)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from mechgrok.progress_bar import rich_bar
 
-    with Progress(TextColumn("[bold]{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=out) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with rich_bar() as progress:
         return run_guarded(mechgrok.analyze, ds, progress=progress, **options)
 
 
@@ -48,7 +40,9 @@ def write_analysis_outputs(tree: xr.DataTree, target: Path, *, title: str) -> di
     """Write ``analysis.zarr``, ``report.json`` and ``report.md`` into ``target``; print the summary table.
 
     The reports are computed before anything is written, and each file is written aside and renamed into
-    place, so an error leaves no half-written file. Returns the summary (:func:`mechgrok.summarise`).
+    place, so an error leaves no half-written file. The previous reports are removed before the new store is
+    swapped in, so a process killed in between never leaves reports of another analysis beside the store.
+    Returns the summary (:func:`mechgrok.summarise`).
     """
     import mechgrok
     from mechgrok.rundir import write_atomic
@@ -57,6 +51,8 @@ def write_analysis_outputs(tree: xr.DataTree, target: Path, *, title: str) -> di
     report_json = json.dumps(summary, indent=2)
     report_md = run_guarded(mechgrok.report_markdown, summary, title=title)
     target.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", "report.md"):  # a run killed after the store swap then leaves no stale report
+        (target / stale).unlink(missing_ok=True)
     run_guarded(mechgrok.write_analysis, tree, target / "analysis.zarr")
     write_atomic(target / "report.json", report_json)
     write_atomic(target / "report.md", report_md)
@@ -68,6 +64,8 @@ def print_summary(s: dict[str, Any]) -> None:
     """The summary of :func:`mechgrok.summarise` as a rich table."""
     from rich.table import Table
 
+    if "task" in s:  # n-digit addition, repeated subsequences, curve-only files (mechgrok.task_pipeline)
+        return print_task_summary(s)
     t = Table(title=f"mechgrok analysis (p = {s['p']}, reference epoch {s['reference_checkpoint']})", show_header=True)
     t.add_column("measure")
     t.add_column("value", overflow="fold")
@@ -94,7 +92,14 @@ def print_summary(s: dict[str, Any]) -> None:
         t.add_row("logit variance explained by key freqs", f"{lg['fraction_of_logit_variance_explained_by_key_freqs']:.1%}")
     hd = s.get("heads")
     if hd:
-        t.add_row("heads (freq, FVE)", "; ".join(f"{h['head']}: {h['freq']}, {h['fve']:.2f}" for h in hd))
+        t.add_row("heads (freq, FVE)", "; ".join(
+            f"{h['head']}: {h['freq']}, {'n/a' if h['fve'] is None else format(h['fve'], '.2f')}" for h in hd))
+    al = s.get("algorithm")
+    if al:
+        fin = al["final"]
+        t.add_row("Clock vs Pizza (final): DI, GS, circularity",
+                  ", ".join("n/a" if fin[m] is None else f"{fin[m]:.3f}" for m in
+                            ("distance_irrelevance", "gradient_symmetricity", "circularity")) + f" ({fin['side']} side)")
     ph = s.get("phases")
     if ph:
         t.add_row("phase ends (epochs)", ", ".join(f"{k}: {v['epoch'] if v['found'] else '-'}" for k, v in ph.items()
@@ -105,4 +110,30 @@ def print_summary(s: dict[str, Any]) -> None:
         t.add_row("LLC (first, peak, last checkpoint)",
                   ", ".join(f"{v:.4g} at epoch {e}" for e, v in (ends[0], max(ends, key=lambda ev: ev[1]), ends[-1]))
                   if ends else "-")
+    out.print(t)
+
+
+def print_task_summary(s: dict[str, Any]) -> None:
+    """The summary of :func:`mechgrok.task_pipeline.summarise_task` as a rich table."""
+    from rich.table import Table
+
+    t = Table(title=f"mechgrok analysis ({s['task']}, {s['n_checkpoints']} checkpoints)", show_header=True)
+    t.add_column("measure")
+    t.add_column("value", overflow="fold")
+    for name, v in (s.get("final_losses") or {}).items():
+        t.add_row(f"final {name} (nats)", ", ".join(f"{x:.3g}" for x in v if x is not None) if isinstance(v, list)
+                  else ("n/a" if v is None else f"{v:.3g}"))
+    for name, pc in (s.get("phase_changes") or {}).items():
+        onset = pc["main_onset"]
+        t.add_row(f"phase change onset, {name}", ", ".join("-" if x is None else f"{x:.0f}" for x in onset)
+                  if isinstance(onset, list) else ("-" if onset is None else f"{onset:.0f}"))
+        if "learning_order" in pc:
+            t.add_row("answer positions in order learned", str(pc["learning_order"]))
+    ind = s.get("induction")
+    if ind:
+        t.add_row("previous-token heads", ", ".join(ind["prev_token_heads"]) or "none")
+        t.add_row("induction heads", ", ".join(ind["induction_heads"]) or "none")
+    dl = s.get("digit_losses")
+    if dl:
+        t.add_row("loss per answer digit (last checkpoint)", ", ".join(f"{x:.3g}" for x in dl["per_token"]))
     out.print(t)

@@ -47,6 +47,10 @@ _LAZY: dict[str, str] = {
     "open_analysis": "mechgrok.store.analysis_store",
     "summarise": "mechgrok.report",
     "report_markdown": "mechgrok.report",
+    "write_explorer": "mechgrok.explorer",
+    # TransformerLens round trip (the tl extra)
+    "to_hooked_transformer": "mechgrok.store.hooked_transformer",
+    "from_hooked_transformers": "mechgrok.store.hooked_transformer",
     # modular arithmetic: the grid and the Fourier basis
     "grid_activations": "mechgrok.analyses.modular.grid",
     "fourier_basis": "mechgrok.analyses.modular.fourier",
@@ -57,6 +61,11 @@ _LAZY: dict[str, str] = {
     "frequency_fve": "mechgrok.analyses.modular.neurons",
     "attention_fit": "mechgrok.analyses.modular.attention",
     "logit_structure": "mechgrok.analyses.modular.logits",
+    "frequency_alignment": "mechgrok.analyses.modular.frequency_alignment",
+    "vector_competition": "mechgrok.analyses.modular.competition",
+    "frequency_switches": "mechgrok.analyses.modular.competition",
+    "algorithm_metrics": "mechgrok.analyses.modular.algorithm_metrics",
+    "coordinate_trajectory": "mechgrok.tasks.discrete_log",
     "ablation_losses": "mechgrok.analyses.modular.ablation",
     "logit_ablations": "mechgrok.analyses.modular.ablation",
     "restricted_logits": "mechgrok.analyses.modular.ablation",
@@ -68,8 +77,31 @@ _LAZY: dict[str, str] = {
     "sum_squared_weights": "mechgrok.analyses.measures",
     "gini": "mechgrok.analyses.measures",
     "find_phases": "mechgrok.analyses.phases",
+    "phase_changes": "mechgrok.analyses.phase_changes",
+    "learning_order": "mechgrok.analyses.phase_changes",
+    "load_loss_curves": "mechgrok.store",
+    # sequence tasks: n-digit addition and repeated subsequences (induction heads)
+    "digit_losses": "mechgrok.analyses.digit_addition",
+    "head_scores": "mechgrok.analyses.induction",
+    "induction_circuit": "mechgrok.analyses.induction",
+    "sequence_preset": "mechgrok.sequence_config",
+    "train_sequence": "mechgrok.sequence_train",
+    "find_bumps": "mechgrok.analyses.bumps",
+    "find_slingshots": "mechgrok.analyses.slingshots",
+    # toy models
+    "competition_flow": "mechgrok.toys.vector_competition",
+    "competition_bumps": "mechgrok.toys.vector_competition",
+    "rank_sweep": "mechgrok.toys.vector_competition",
     "estimate_llc": "mechgrok.analyses.llc",
     "llc_trajectory": "mechgrok.analyses.llc",
+    # sweeps: grids of runs on dask.distributed, their store, grokking epochs and early-warning lead times
+    "load_spec": "mechgrok.sweep",
+    "run_sweep": "mechgrok.sweep",
+    "open_sweep": "mechgrok.sweep",
+    "grokking_epoch": "mechgrok.analyses.grokking_epoch",
+    "change_onset": "mechgrok.analyses.early_warning",
+    "lead_times": "mechgrok.analyses.early_warning",
+    "summarise_leads": "mechgrok.analyses.early_warning",
 }
 
 __all__ = ["__version__", "Config", "preset", "MechgrokError", *_LAZY]
@@ -88,12 +120,28 @@ if TYPE_CHECKING:  # pragma: no cover - for IDEs and type checkers only
     from mechgrok.analyses.modular.logits import logit_structure
     from mechgrok.analyses.modular.neurons import frequency_fve, neuron_clusters
     from mechgrok.analyses.modular.progress import progress_measures
+    from mechgrok.analyses.bumps import find_bumps
+    from mechgrok.analyses.modular.competition import frequency_switches, vector_competition
+    from mechgrok.analyses.modular.frequency_alignment import frequency_alignment
     from mechgrok.analyses.phases import find_phases
+    from mechgrok.analyses.phase_changes import learning_order, phase_changes
+    from mechgrok.analyses.digit_addition import digit_losses
+    from mechgrok.analyses.induction import head_scores, induction_circuit
+    from mechgrok.sequence_config import sequence_preset
+    from mechgrok.sequence_train import train_sequence
+    from mechgrok.store import load_loss_curves
+    from mechgrok.analyses.slingshots import find_slingshots
+    from mechgrok.toys.vector_competition import competition_bumps, competition_flow, rank_sweep
     from mechgrok.engine import select_epochs
+    from mechgrok.analyses.early_warning import change_onset, lead_times, summarise_leads
+    from mechgrok.analyses.grokking_epoch import grokking_epoch
+    from mechgrok.sweep import load_spec, open_sweep, run_sweep
     from mechgrok.pipeline import ANALYSES, analyze
     from mechgrok.report import report_markdown, summarise
     from mechgrok.store import ingest, open_run, open_store
     from mechgrok.store.analysis_store import open_analysis, write_analysis
+    from mechgrok.store.hooked_transformer import from_hooked_transformers, to_hooked_transformer
+    from mechgrok.explorer import write_explorer
 
 
 def __getattr__(name: str):

@@ -266,7 +266,7 @@ def run(
     chunk: int = DEFAULT_CHUNK,
     device: str | torch.device | None = "cpu",
     workers: int = 1,
-    progress: Progress | None = None,
+    progress: Progress | bool | None = None,
     stage: str = "checkpoints",
 ) -> dict[str, xr.Dataset]:
     """Run every kernel on every checkpoint of ``ds``: the one loop over checkpoints.
@@ -284,8 +284,9 @@ def run(
     workers : int
         Checkpoints computed at the same time, each on one thread (torch's intra-op threads set to 1 meanwhile,
         restored after). The default, 1, lets torch use its own threads; the results do not depend on it.
-    progress : callable, optional
-        ``progress(stage, done, total)`` after each chunk.
+    progress : callable or bool, optional
+        ``progress(stage, done, total)`` after each chunk; True for a rich bar on stderr
+        (:func:`mechgrok.progress_bar.rich_bar`).
     stage : str
         The stage name passed to ``progress``.
 
@@ -299,6 +300,11 @@ def run(
     AnalysisError
         If no checkpoint is selected, a kernel's weight is missing, or the device is unavailable.
     """
+    if progress is True:
+        from mechgrok.progress_bar import rich_bar
+
+        with rich_bar() as bar:
+            return run(ds, kernels, chunk=chunk, device=device, workers=workers, progress=bar, stage=stage)
     n = require_checkpoints(ds)
     dev = resolve_device(device)
     names = [nm for nm in WEIGHT_NAMES if nm in ds]

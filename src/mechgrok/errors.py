@@ -31,9 +31,18 @@ class MechgrokError(Exception):
     """
 
     def __init__(self, message: str, *, path: str | Path | None = None):
-        self.path = None if path is None else Path(path)
-        self.reason = message
+        # a URL stays a string (Path would fold "s3://" into "s3:/")
+        self.path = None if path is None else path if isinstance(path, str) and "://" in path else Path(path)
+        self.reason = message = _one_line(message)
         super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+def _one_line(message: str, limit: int = 600) -> str:
+    """The message on one line (a value's multi-line repr, such as a tensor's, folded), at most ``limit`` long."""
+    text = str(message)
+    if "\n" in text or "\r" in text:
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ConfigError(MechgrokError):

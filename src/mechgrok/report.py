@@ -10,9 +10,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from mechgrok.analyses.modular.competition import competition_summary
+from mechgrok.analyses.slingshots import slingshot_summary
 from mechgrok.store.assemble import json_safe as _json_safe
+from mechgrok.task_pipeline import TASK_ANALYSES, summarise_task, task_report_markdown
 
-__all__ = ["summarise", "report_markdown"]
+__all__ = ["summarise", "report_markdown", "algorithm_summary", "ALGORITHM_METRICS"]
 
 
 
@@ -31,9 +34,14 @@ def summarise(tree: xr.DataTree) -> dict[str, Any]:
     ``losses`` (final and reference: loss, accuracy, restricted and excluded losses; nats), ``logit_structure``
     (fraction of logit variance the key frequencies explain), ``heads`` (frequency and FVE per head), ``phases``
     (per point: epoch, found, ``certain`` and the names of the ``failed_checks`` of the paper's phase signatures
-    bearing on it, criterion), ``weights`` (sum of squared weights, Gini) and ``llc`` where run.
+    bearing on it, criterion), ``weights`` (sum of squared weights, Gini), ``algorithm`` (the Clock-vs-Pizza
+    metrics at the reference, the final checkpoint and each phase point found, and the side of the DI = GS
+    diagonal) and ``llc`` where run; ``operation``, ``modulus`` and ``operation_coordinates`` (the discrete-log re-indexing
+    of mul and div).
     """
     root = tree.to_dataset(inherit=False)
+    if root.attrs.get("task") in TASK_ANALYSES:  # addition, induction, curve-only files: mechgrok.task_pipeline
+        return summarise_task(tree)
     ref = int(root.attrs["reference_checkpoint"])
     out: dict[str, Any] = {
         "mechgrok_version": root.attrs.get("mechgrok_version"),
@@ -42,6 +50,9 @@ def summarise(tree: xr.DataTree) -> dict[str, Any]:
         "n_checkpoints": int(root.attrs.get("n_checkpoints", 0)),
         "analyses": list(root.attrs.get("analyses", [])),
         "skipped": json.loads(root.attrs.get("skipped", "{}")),
+        "operation": root.attrs.get("operation", "add"),
+        "modulus": int(root.attrs.get("modulus", root.attrs["p"])),
+        "operation_coordinates": root.attrs.get("operation_coordinates"),
     }
     children = {name: tree[name].to_dataset(inherit=False) for name in tree.children}
     if "key_frequencies" in children:
@@ -111,6 +122,12 @@ def summarise(tree: xr.DataTree) -> dict[str, Any]:
             "gini_W_E_component": _at(me, "gini_W_E_component", last),
             "gini_W_logit_component": _at(me, "gini_W_logit_component", last),
         }
+    if "algorithm" in children:
+        out["algorithm"] = algorithm_summary(children["algorithm"], ref, children.get("phases"))
+    if "competition" in children:
+        out["competition"] = competition_summary(children["competition"])
+    if "slingshots" in children:
+        out["slingshots"] = slingshot_summary(children["slingshots"])
     if "llc" in children:
         ll = children["llc"]
         out["llc"] = {
@@ -120,6 +137,38 @@ def summarise(tree: xr.DataTree) -> dict[str, Any]:
             "any_diverged": bool(np.any(ll["diverged"].values)) if "diverged" in ll else None,
         }
     return _json_safe(out)
+
+
+#: The Clock-vs-Pizza metrics as report.json names them.
+ALGORITHM_METRICS = ("distance_irrelevance", "gradient_symmetricity", "circularity")
+
+
+def algorithm_summary(alg: xr.Dataset, reference: int, phases: xr.Dataset | None = None) -> dict[str, Any]:
+    """The ``algorithm`` entry of report.json: DI, GS and circularity at the reference checkpoint, the final one
+    and the first checkpoint at or after each phase point found, with the side of the DI = GS diagonal.
+
+    The side is descriptive (``docs/algorithms.md``): ``"pizza"`` where GS > DI (the released alpha = 0 model:
+    GS 0.994, DI 0.172), ``"clock"`` where GS < DI (alpha = 1: 0.334, 0.848); the sweep medians of Zhong et al.
+    fall on the two sides by attention rate (``beyond.md`` 2.4).
+    """
+    epochs = alg["checkpoint"].values
+
+    def row(epoch: int) -> dict[str, Any]:
+        vals = {m: _at(alg, m, int(epoch)) for m in ALGORITHM_METRICS}
+        di, gs = vals["distance_irrelevance"], vals["gradient_symmetricity"]
+        side = None if di is None or gs is None else ("pizza" if gs > di else "clock")
+        return {"epoch": int(epoch), **vals, "side": side}
+
+    out: dict[str, Any] = {"rule": alg.attrs.get("rule"), "reference": row(reference), "final": row(epochs[-1])}
+    if phases is not None and "epoch_at" in phases:
+        at = {}
+        for pt in phases["point"].values:
+            r = phases.sel(point=pt)
+            later = epochs[epochs >= int(r["epoch_at"])] if bool(r["found"]) else []
+            if len(later):
+                at[str(pt)] = row(later[0])
+        out["at_phases"] = at
+    return out
 
 
 def _phase_point(ph: xr.Dataset, pt: Any) -> dict[str, Any]:
@@ -161,7 +210,11 @@ def _fmt(v: Any) -> str:
 
 def report_markdown(summary: dict[str, Any], *, title: str = "mechgrok report") -> str:
     """``report.md`` from :func:`summarise`'s dict."""
-    lines = [f"# {title}", "", f"p = {summary['p']}, {_plural(summary['n_checkpoints'], 'checkpoint')}, reference checkpoint "
+    if summary.get("task") in TASK_ANALYSES:
+        return task_report_markdown(summary, title=title)
+    op = summary.get("operation", "add")
+    where = "" if op == "add" else f"{summary.get('operation_coordinates')}. "
+    lines = [f"# {title}", "", f"{where}p = {summary['p']}, {_plural(summary['n_checkpoints'], 'checkpoint')}, reference checkpoint "
              f"epoch {summary['reference_checkpoint']}, mechgrok {summary.get('mechgrok_version')}.", ""]
     for name, why in summary.get("skipped", {}).items():
         lines += [f"Skipped {name}: {why}.", ""]
@@ -203,7 +256,7 @@ def report_markdown(summary: dict[str, Any], *, title: str = "mechgrok report") 
     hd = summary.get("heads")
     if hd:
         lines += ["## Attention heads", "", "| head | frequency | FVE |", "|---|---|---|"]
-        lines += [f"| {h['head']} | {h['freq']} | {h['fve']:.3f} |" for h in hd]
+        lines += [f"| {h['head']} | {h['freq']} | {_fmt(h['fve'])} |" for h in hd]  # n/a: constant attention
         lines.append("")
     ph = summary.get("phases")
     if ph:
@@ -214,6 +267,45 @@ def report_markdown(summary: dict[str, Any], *, title: str = "mechgrok report") 
     if w:
         lines += ["## Weights (final checkpoint)", "", f"Sum of squared weights {_fmt(w['sum_sq_weights_total'])}; "
                   f"Gini of W_E Fourier norms {_fmt(w['gini_W_E_component'])}, of W_logit {_fmt(w['gini_W_logit_component'])}.", ""]
+    al = summary.get("algorithm")
+    if al:
+        lines += ["## Algorithm: Clock or Pizza (Zhong et al. 2023)", "",
+                  "Distance irrelevance (DI), gradient symmetricity (GS) and circularity over training; GS > DI is "
+                  "the Pizza side, GS < DI the Clock side (descriptive coordinates, docs/algorithms.md).", "",
+                  "| checkpoint | epoch | DI | GS | circularity | side |", "|---|---|---|---|---|---|"]
+        rows = [(f"at {k}", v) for k, v in al.get("at_phases", {}).items()]
+        rows += [("reference", al["reference"]), ("final", al["final"])]
+        lines += [f"| {name} | {v['epoch']} | {_fmt(v['distance_irrelevance'])} | {_fmt(v['gradient_symmetricity'])} | "
+                  f"{_fmt(v['circularity'])} | {v['side'] or 'n/a'} |" for name, v in rows]
+        lines += ["", f"Rule: {al['rule']}", ""]
+    vc = summary.get("competition")
+    if vc:
+        lines += ["## Vector competition (bumps of N_k per key frequency)", "",
+                  "Bumps of the per-frequency aggregate N_k(t) of each vector family and which process the decline "
+                  "after the peak supports (docs/competition.md). Frequencies whose N_k has a bump: "
+                  + ", ".join(f"{f} {n}/{vc['n_freqs']}" for f, n in vc["freqs_with_N_bump"].items()) + ".", "",
+                  "| family | freq | bump | peak epoch | rel. height | realign | gainer | spread | within | norm change "
+                  "| flux to | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['family']} | {r['freq']} | {'yes' if r['is_bump'] else 'no'} | {r['peak_epoch']} | "
+                  f"{_fmt(r['relative_height'])} | {_fmt(r['realign_share'])} | {_fmt(r['gainer_share'])} | "
+                  f"{_fmt(r['retained_spread'])} | {_fmt(r['within_share'])} | {_fmt(r['norm_change'])} | "
+                  f"{r['flux_to'] if r['flux_to'] >= 0 else 'n/a'} | {r['verdict']} |" for r in vc["table"]]
+        lines += ["", "Dominant-frequency switches: " + ", ".join(f"{f} {n}" for f, n in vc["dominant_freq_switches"].items())
+                  + f". Verdict rules: {vc['rules']['verdicts']}.", ""]
+    sl = summary.get("slingshots")
+    if sl:
+        lines += ["## Slingshots (loss spikes at the float32 floor)", "",
+                  f"{_plural(sl['n_spikes'], 'spike')} of {sl['curve'] or 'the train loss'} after it first came within "
+                  f"100 x 2^-23 of the float32 floor (epoch {sl['armed_epoch'] if sl['armed_epoch'] >= 0 else 'never'}; "
+                  f"least loss after that {_fmt(sl['floor_loss'])} nats); {sl['n_jumps']} epoch-to-epoch jumps "
+                  f"above 10x, {sl['n_jumps_100x']} above 100x (docs/slingshots.md).", ""]
+        if sl["spikes"]:
+            lines += ["| onset epoch | peak epoch | onset loss | peak loss | height (decades) |", "|---|---|---|---|---|"]
+            lines += [f"| {r['onset_epoch']} | {r['peak_epoch']} | {_fmt(r['onset_loss'])} | {_fmt(r['peak_loss'])} | "
+                      f"{r['height_decades']:.2f} |" for r in sl["spikes"][:20]]
+            if len(sl["spikes"]) > 20:
+                lines.append(f"| ... {len(sl['spikes']) - 20} more in report.json | | | | |")
+            lines.append("")
     ll = summary.get("llc")
     if ll:
         lines += ["## Local learning coefficient", "", "| epoch | LLC mean | LLC std |", "|---|---|---|"]

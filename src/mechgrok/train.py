@@ -30,9 +30,10 @@ import torch
 from mechgrok import __version__
 from mechgrok.config import Config
 from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens, split_indices
-from mechgrok.errors import RunDirError
-from mechgrok.tasks.loss import accuracy, cross_entropy
+from mechgrok.errors import ConfigError, RunDirError
+from mechgrok.tasks.loss import accuracy, cross_entropy, cross_entropy_float32
 from mechgrok.models.transformer import PARAM_KEYS, Transformer
+from mechgrok.store.lock import hold
 from mechgrok.rundir import (
     METRIC_COLUMNS,
     RUN_FORMAT,
@@ -41,6 +42,7 @@ from mechgrok.rundir import (
     read_checkpoint,
     read_config,
     read_run_info,
+    read_text,
     save_safetensors_atomic,
     write_atomic,
 )
@@ -123,21 +125,70 @@ class EpochMetrics:
         return f"{self.epoch},{self.train_loss!r},{self.test_loss!r},{self.train_acc!r},{self.test_acc!r}\n"
 
 
-def _prepare_dir(run_dir: Path, cfg: Config, *, resume: bool, overwrite: bool) -> Config:
+#: What a run directory holds before its run.json is written (a run killed that early has nothing else).
+_START_FILES = ("config.json", "split.json", "metrics.csv", "run.json")
+
+
+def _is_temp_file(name: str) -> bool:
+    """A temporary file of :func:`mechgrok.rundir.write_atomic` (``.NAME.XXXX.tmp``), left by a killed write."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _unfinished_start(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a run killed before its ``run.json`` existed: nothing but the first files
+    (:data:`_START_FILES`) and temporary files."""
+    return (run_dir.is_dir() and not is_run_dir(run_dir)
+            and all(f.name in _START_FILES or _is_temp_file(f.name) for f in run_dir.iterdir() if f.is_file())
+            and all(f.is_file() for f in run_dir.iterdir()))
+
+
+def _remove_temp_files(run_dir: Path) -> None:
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if _is_temp_file(f.name) and f.is_file():
+                    f.unlink(missing_ok=True)
+
+
+def _prepare_dir(run_dir: Path, cfg: Config, *, resume: bool, overwrite: bool,
+                 num_epochs: int | None) -> tuple[Config, bool]:
+    """The config to train with and whether to resume (False for a run killed before it wrote run.json)."""
     if resume:
+        if _unfinished_start(run_dir):
+            if not (run_dir / "config.json").is_file():
+                raise RunDirError("cannot resume: the run was stopped before it wrote config.json; start it again "
+                                  "with --overwrite", path=run_dir)
+            saved = _extended(read_config(run_dir), num_epochs, run_dir)
+            shutil.rmtree(run_dir)  # nothing but the first files: start again with the saved config
+            run_dir.mkdir(parents=True)
+            return saved, False
         if not is_run_dir(run_dir):
             raise RunDirError("cannot resume: not a mechgrok run directory", path=run_dir)
+        _remove_temp_files(run_dir)
         saved = read_config(run_dir)
-        return saved
+        extended = _extended(saved, num_epochs, run_dir)
+        if extended != saved:
+            write_atomic(run_dir / "config.json", json.dumps(extended.to_dict(), indent=2, sort_keys=True))
+        return extended, True
     if run_dir.exists():
         if not overwrite:
             raise RunDirError("already exists; pass --resume to continue it or --overwrite to replace it", path=run_dir)
-        if run_dir.is_dir() and (is_run_dir(run_dir) or not any(run_dir.iterdir())):
+        if run_dir.is_dir() and (is_run_dir(run_dir) or not any(run_dir.iterdir()) or _unfinished_start(run_dir)):
             shutil.rmtree(run_dir)
         else:
             raise RunDirError("--overwrite refused: the folder is not a mechgrok run directory", path=run_dir)
     run_dir.mkdir(parents=True)
-    return cfg
+    return cfg, False
+
+
+def _extended(saved: Config, num_epochs: int | None, run_dir: Path) -> Config:
+    """The saved config, with ``num_epochs`` raised to ``num_epochs`` where given (a resume that extends a run)."""
+    if num_epochs is None or num_epochs == saved.num_epochs:
+        return saved
+    if num_epochs < saved.num_epochs:
+        raise ConfigError(f"cannot shorten the run on resume: it is set to {saved.num_epochs} epochs, asked "
+                          f"{num_epochs}; only more epochs can be added", path=run_dir / "config.json")
+    return saved.replace(num_epochs=int(num_epochs))
 
 
 def _write_run_json(run_dir: Path, info: dict[str, Any], *, complete: bool) -> None:
@@ -198,6 +249,7 @@ def train(
     overwrite: bool = False,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     on_checkpoint: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    num_epochs: int | None = None,
 ) -> Path:
     """Train the paper's model and write a run directory.
 
@@ -209,13 +261,16 @@ def train(
         Output folder (layout in :mod:`mechgrok.rundir`).
     resume : bool
         Continue an interrupted run from its last checkpoint; the final weights are identical to an
-        uninterrupted run.
+        uninterrupted run. A run killed before it wrote ``run.json`` starts again from its saved config.
     overwrite : bool
         Replace an existing run directory (only a mechgrok run directory or an empty folder is removed).
     on_epoch : callable, optional
         Called with the :class:`EpochMetrics` of every epoch (for progress display).
     on_checkpoint : callable, optional
         Called with ``(epoch, weights by TransformerLens name)`` after each checkpoint is written.
+    num_epochs : int, optional
+        With ``resume=True``: train on to this many epochs (more than the saved config's; ``config.json`` is
+        updated). The weights equal those of an uninterrupted run of that length.
 
     Returns
     -------
@@ -225,7 +280,10 @@ def train(
     Raises
     ------
     RunDirError
-        If ``run_dir`` exists without ``resume``/``overwrite``, or ``resume`` is asked of a non-run folder.
+        If ``run_dir`` exists without ``resume``/``overwrite``, ``resume`` is asked of a non-run folder, or a
+        resumed run's ``metrics.csv`` is missing or unreadable.
+    ConfigError
+        If ``num_epochs`` is less than the saved config's.
 
     Warns
     -----
@@ -239,9 +297,12 @@ def train(
     are restored on return. ``run.json`` records the environment the run started in and every resume's.
     """
     run_dir = Path(run_dir)
-    cfg = _prepare_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
-    with _pinned_numerics(cfg.threads):
-        _train(cfg, run_dir, resume=resume, on_epoch=on_epoch, on_checkpoint=on_checkpoint)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with hold(run_dir, kind="train", timeout=0, error=RunDirError,
+              busy="another mechgrok train is writing this run directory"):
+        cfg, resume = _prepare_dir(run_dir, cfg, resume=resume, overwrite=overwrite, num_epochs=num_epochs)
+        with _pinned_numerics(cfg.threads):
+            _train(cfg, run_dir, resume=resume, on_epoch=on_epoch, on_checkpoint=on_checkpoint)
     return run_dir
 
 
@@ -255,7 +316,7 @@ def _train(
 ) -> None:
     env = training_environment(cfg.threads)
     p = cfg.p
-    train_idx, test_idx = split_indices(p, cfg.frac_train, cfg.seed)
+    train_idx, test_idx = split_indices(p, cfg.frac_train, cfg.seed, cfg.operation)
     if not resume:
         write_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         split = {"p": p, "seed": cfg.seed, "frac_train": cfg.frac_train,
@@ -265,7 +326,7 @@ def _train(
         info: dict[str, Any] = {"environment": env, "resumes": []}
         _write_run_json(run_dir, info, complete=False)
 
-    tokens, labels = grid_tokens(p), grid_labels(p, cfg.operation)
+    tokens, labels = grid_tokens(p, equals_token=cfg.equals_token), grid_labels(p, cfg.operation)
     tr_idx, te_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     x_train, y_train = tokens[tr_idx], labels[tr_idx]
     x_test, y_test = tokens[te_idx], labels[te_idx]
@@ -293,30 +354,32 @@ def _train(
         info["resumes"] = [*info.get("resumes", []), {"epoch": start, "environment": env}]
         _write_run_json(run_dir, info, complete=False)
 
+    loss_fn = cross_entropy_float32 if cfg.loss_dtype == "float32" else cross_entropy  # float32: slingshot studies
     pending: list[str] = []
     for epoch in range(start, cfg.num_epochs + 1):
         logits = model(x_train).logits
-        loss = cross_entropy(logits, y_train)
+        loss = loss_fn(logits, y_train)
         with torch.no_grad():
             test_logits = model(x_test).logits
             m = EpochMetrics(
                 epoch=epoch,
                 train_loss=loss.item(),
-                test_loss=cross_entropy(test_logits, y_test).item(),
+                test_loss=loss_fn(test_logits, y_test).item(),
                 train_acc=accuracy(logits, y_train).item(),
                 test_acc=accuracy(test_logits, y_test).item(),
             )
         pending.append(m.row())
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
             weights = {key: t.detach().clone() for key, t in model.state_dict().items()}
-            save_safetensors_atomic(checkpoint_path(run_dir, epoch), weights, metadata={"epoch": str(epoch)})
-            with open(run_dir / "metrics.csv", "a") as f:
-                f.writelines(pending)
-            pending.clear()
-            state = {**weights, **_optimizer_tensors(opt, model), "epoch": torch.tensor([epoch], dtype=torch.int64)}
-            save_safetensors_atomic(state_file, state)
-            if on_checkpoint is not None:
-                on_checkpoint(epoch, {name: weights[key] for name, key in PARAM_KEYS.items()})
+            with hold(run_dir, error=RunDirError, busy="a mechgrok process is reading this run directory"):
+                save_safetensors_atomic(checkpoint_path(run_dir, epoch), weights, metadata={"epoch": str(epoch)})
+                with open(run_dir / "metrics.csv", "a") as f:
+                    f.writelines(pending)
+                pending.clear()
+                state = {**weights, **_optimizer_tensors(opt, model), "epoch": torch.tensor([epoch], dtype=torch.int64)}
+                save_safetensors_atomic(state_file, state)
+                if on_checkpoint is not None:
+                    on_checkpoint(epoch, {name: weights[key] for name, key in PARAM_KEYS.items()})
         if on_epoch is not None:
             on_epoch(m)
         if epoch == cfg.num_epochs:
@@ -332,7 +395,41 @@ def _train(
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Keep the header and rows of epochs before ``epoch``."""
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [lines[0]] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) < epoch]
-    write_atomic(path, "".join(kept))
+    """Keep the header and the rows of epochs before ``epoch`` (those after it are written again).
+
+    A row cut short by a killed append can only come after the last checkpoint, so it is dropped like the other
+    rows from ``epoch`` on; the rows kept must be whole and run from epoch 0 to ``epoch - 1``.
+
+    Raises
+    ------
+    RunDirError
+        If ``metrics.csv`` is missing (with rows to keep), unreadable or malformed before ``epoch``.
+    """
+    header = ",".join(METRIC_COLUMNS) + "\n"
+    if epoch == 0 and not path.exists():
+        write_atomic(path, header)
+        return
+    if not path.exists():
+        raise RunDirError(f"cannot resume at epoch {epoch}: metrics.csv is missing, so the curves of the epochs "
+                          "before it are lost; start the run again with --overwrite", path=path.parent)
+    lines = read_text(path).splitlines()
+    if not lines or lines[0] != header.strip():
+        raise RunDirError(f"metrics.csv must start with the header {header.strip()}", path=path)
+    kept = []
+    for n, line in enumerate(lines[1:], start=2):
+        fields = line.split(",")
+        try:
+            row_epoch = int(fields[0])
+            values = [float(v) for v in fields[1:]]
+        except ValueError:
+            row_epoch, values = None, []
+        if row_epoch is not None and row_epoch >= epoch:
+            break
+        if row_epoch is None or len(values) != len(METRIC_COLUMNS) - 1 or row_epoch != len(kept):
+            raise RunDirError(f"cannot resume at epoch {epoch}: line {n} of metrics.csv is not the row of epoch "
+                              f"{len(kept)}", path=path)
+        kept.append(line + "\n")
+    if len(kept) != epoch:
+        raise RunDirError(f"cannot resume at epoch {epoch}: metrics.csv lacks the rows from epoch {len(kept)} on",
+                          path=path)
+    write_atomic(path, header + "".join(kept))

@@ -76,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "divergence_factor": 100.0,
 }
 
-_REFERENCE = "Lau, Furman, Wang, Murfet & Wei 2023, arXiv 2308.12108; beyond.md 1.2"
+_REFERENCE = "Lau, Furman, Wang, Murfet & Wei 2023, arXiv 2308.12108"
 _ESTIMATOR = "llc = nbeta * (mean over draws of the step's batch loss - full-data loss at the checkpoint), per chain"
 
 

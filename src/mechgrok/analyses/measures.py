@@ -132,7 +132,7 @@ class SumSquaredWeights:
                     ("checkpoint", "param"),
                     arr,
                     {"description": "sum of squared entries of each parameter", "units": "weight^2",
-                     "paper_section": "paper.md 3.10"},
+                     "paper_section": "paper 5.1"},
                 ),
                 "sum_sq_weights_total": (
                     ("checkpoint",),

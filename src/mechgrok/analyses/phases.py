@@ -292,7 +292,7 @@ def find_phases(
 
     attrs: dict[str, Any] = {
         "title": "mechgrok phases of grokking",
-        "paper_section": "paper 5.2; paper.md 3.12 (mainline 1.4k / 9.4k / 14k)",
+        "paper_section": "paper 5.2 (mainline run: 1.4k / 9.4k / 14k)",
         "algorithm": (
             "memorisation ends at max(first checkpoint with train accuracy >= train_acc_threshold, minimum of the "
             "full excluded loss between it and the excluded loss's maximum); cleanup is the full width at "
@@ -309,19 +309,22 @@ def find_phases(
     return xr.Dataset(
         {
             "epoch_at": (("point",), epoch_at, {"units": "epochs", "description": "epoch of each point; -1 if not found"}),
-            "found": (("point",), found),
-            "criterion": (("point",), np.array([crit[p] for p in POINTS], dtype=object)),
+            "found": (("point",), found, {"description": "whether the point was found"}),
+            "criterion": (("point",), np.array([crit[p] for p in POINTS], dtype=object),
+                          {"description": "the rule that placed the point"}),
             "measure_at": (
                 ("point", "measure"),
                 measure_at,
-                {"description": "value of each progress measure at each point (losses in nats, rates per epoch)"},
+                {"description": "value of each progress measure at each point (losses in nats, rates per epoch)",
+                 "units": "that of each measure (losses nats, Gini and accuracies 1, weights weight^2)"},
             ),
             "tenfold_drop_epoch": (
                 ("loss",),
                 np.array([-1 if drops[k] is None else drops[k] for k in drops], dtype=np.int64),
                 {"units": "epochs", "description": "first epoch after memorisation with the loss ten-fold below its post-memorisation maximum"},
             ),
-            "signature": (("check",), np.array(list(checks.values()), dtype=bool)),
+            "signature": (("check",), np.array(list(checks.values()), dtype=bool),
+                          {"description": "whether the phase shows the signature the check tests"}),
             "check_applies": (
                 ("point", "check"),
                 applies,

@@ -11,7 +11,9 @@ on an Agg canvas in mechgrok's style (:mod:`mechgrok.figures.style`) and free to
 from __future__ import annotations
 
 from mechgrok.figures.animations import animate_neuron_frequencies, animate_W_E_fourier_norms, save_gif
+from mechgrok.figures.algorithm import fig_algorithm_metrics
 from mechgrok.figures.attention import fig_attention
+from mechgrok.figures.competition import fig_competition_bumps, fig_slingshots, fig_toy_alignment
 from mechgrok.figures.fourier_norms import fig_fourier_norms, fig_fourier_norms_over_training
 from mechgrok.figures.neurons import fig_neuron_activations, fig_neuron_clusters, fig_W_logit_per_cluster
 from mechgrok.figures.pack import write_figure_pack
@@ -29,6 +31,10 @@ __all__ = [
     "fig_neuron_activations",
     "fig_attention",
     "fig_key_frequency_ablations",
+    "fig_algorithm_metrics",
+    "fig_competition_bumps",
+    "fig_toy_alignment",
+    "fig_slingshots",
     "animate_W_E_fourier_norms",
     "animate_neuron_frequencies",
     "save_gif",

@@ -53,6 +53,7 @@ PRODUCERS: dict[str, str] = {
     "attention": "mechgrok.attention_fit(ds)",
     "reference": "mechgrok.analyze(ds)['reference'] (mechgrok.analyses.modular.reference.reference_views)",
     "llc": "mechgrok.llc_trajectory(ds)",
+    "algorithm": "mechgrok.algorithm_metrics(ds)",
     "phases": "mechgrok.find_phases(...)",
     "curves": "mechgrok.open_run(run_dir)",
 }

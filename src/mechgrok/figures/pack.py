@@ -18,9 +18,13 @@ import xarray as xr
 
 from mechgrok import __version__
 from mechgrok.errors import AnalysisError, StoreError
+from mechgrok.figures.phase_changes import write_task_figures
+from mechgrok.task_pipeline import TASK_ANALYSES
 from mechgrok.figures.analysis import has_groups, key_freqs, phase_spans, reference_epoch
+from mechgrok.figures.algorithm import fig_algorithm_metrics
 from mechgrok.figures.animations import animate_neuron_frequencies, animate_W_E_fourier_norms, save_gif
 from mechgrok.figures.attention import fig_attention
+from mechgrok.figures.competition import fig_competition_bumps, fig_slingshots
 from mechgrok.figures.fourier_norms import fig_fourier_norms, fig_fourier_norms_over_training
 from mechgrok.figures.neurons import fig_neuron_activations, fig_neuron_clusters, fig_W_logit_per_cluster, fve_threshold
 from mechgrok.figures.spectra import fig_fourier_spectra_2d
@@ -107,6 +111,16 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("10_key_frequency_ablations", ("ablation",), lambda t, tr: fig_key_frequency_ablations(t),
                lambda t: f"Excluded loss (train) with each key frequency ({_ks(t)}) removed and with all removed, "
                          f"and the restricted loss on all, train and test pairs, over training."),
+    FigureSpec("13_clock_vs_pizza", ("algorithm",), lambda t, tr: fig_algorithm_metrics(t),
+               lambda t: "Clock vs Pizza (Zhong et al. 2023): distance irrelevance, gradient symmetricity and "
+                         "circularity over training, phases shaded, and the path in the (DI, GS) plane."),
+    FigureSpec("14_vector_competition", ("competition",), lambda t, tr: fig_competition_bumps(t),
+               lambda t: f"Bumps of the Fourier alignments: N_k(t) of each vector family for the key frequencies "
+                         f"({_ks(t)}), peaks starred (filled: a bump), and the neurons with the largest A_jk bumps "
+                         f"with the frequency they realign to (docs/competition.md)."),
+    FigureSpec("15_slingshots", ("slingshots",), lambda t, tr: fig_slingshots(t),
+               lambda t: "Train loss with the float32 floor (2^-23) and each slingshot's onset and peak "
+                         "(docs/slingshots.md)."),
 )
 
 #: The animations of the pack (GIF), in order.
@@ -151,6 +165,7 @@ def write_figure_pack(
     gif_dpi: int = GIF_DPI,
     fps: float = 5.0,
     title: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Write the figure pack: PNG and SVG of every figure, the GIF animations, and ``index.html``.
 
@@ -176,6 +191,8 @@ def write_figure_pack(
         Frames per second of the animations.
     title : str, optional
         Heading of ``index.html`` (default: "mechgrok figures").
+    progress : callable, optional
+        ``progress("figures", done, total)`` after each figure and animation (written or skipped).
 
     Returns
     -------
@@ -189,6 +206,8 @@ def write_figure_pack(
     StoreError
         If ``out_dir`` cannot be written.
     """
+    if isinstance(tree, xr.DataTree) and tree.attrs.get("task") in TASK_ANALYSES:  # addition, induction, curves
+        return write_task_figures(tree, out_dir, dpi=dpi)
     if not isinstance(tree, xr.DataTree) or "p" not in tree.attrs:
         raise AnalysisError("the figure pack needs the analysis tree of mechgrok.pipeline.analyze / open_analysis "
                             f"(a DataTree with attrs['p']), got {type(tree).__name__}")
@@ -200,8 +219,15 @@ def write_figure_pack(
     tree = tree.compute()  # one read of a lazily opened analysis.zarr
     written: list[tuple[FigureSpec, list[str]]] = []
     skipped: list[tuple[FigureSpec, list[str]]] = []
+    todo = len(FIGURES) + (len(ANIMATIONS) if animations else 0)
+
+    def report() -> None:
+        if progress is not None:
+            progress("figures", len(written) + len(skipped), todo)
+
     try:
         for spec in FIGURES:
+            report()
             missing = _missing(spec, tree, trajectory)
             if missing:
                 skipped.append((spec, missing))
@@ -214,6 +240,7 @@ def write_figure_pack(
             del fig
             written.append((spec, [f"{spec.name}.png", f"{spec.name}.svg"]))
         for spec in ANIMATIONS if animations else ():
+            report()
             missing = _missing(spec, tree, trajectory)
             if missing:
                 skipped.append((spec, missing))
@@ -224,6 +251,7 @@ def write_figure_pack(
             written.append((spec, [f"{spec.name}.gif"]))
     except OSError as e:
         raise StoreError(f"cannot write the figure pack ({e.strerror or e})", path=out) from None
+    report()
     keep = {f for _, files in written for f in files} | {"index.html"}
     for name in pack_files():
         if name not in keep and (out / name).is_file():

@@ -92,6 +92,9 @@ COLORS: dict[str, str] = {
     "const": "#555555",
     "unexplained": "#BBBBBB",
     "other": "#777777",
+    "distance_irrelevance": "#0072B2",
+    "gradient_symmetricity": "#D55E00",
+    "circularity": "#009E73",
 }
 _KEY_CYCLE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 

@@ -141,8 +141,10 @@ class ForwardOutput:
     resid_post: torch.Tensor | None = None
 
 
-def forward(params: Mapping[str, torch.Tensor], tokens: torch.Tensor, *, cache: bool = False) -> ForwardOutput:
-    """Final-position forward pass of the paper's model.
+def forward(
+    params: Mapping[str, torch.Tensor], tokens: torch.Tensor, *, cache: bool = False, attn_coeff: float = 1.0
+) -> ForwardOutput:
+    """Final-position forward pass of the paper's model (and of the Pizza family of Zhong et al. 2023).
 
     Parameters
     ----------
@@ -153,11 +155,20 @@ def forward(params: Mapping[str, torch.Tensor], tokens: torch.Tensor, *, cache: 
         int64, (batch, n_ctx); the last position is the read-out position.
     cache : bool
         Also return the attention pattern, MLP post-activations and residual stream.
+    attn_coeff : float
+        The attention rate alpha (``Config.attn_coeff``): attention = alpha * softmax(scores) + (1 - alpha)
+        (Zhong et al. 2023, section 5; 1, the default, is the paper's softmax attention).
 
     Returns
     -------
     ForwardOutput
         Logits (..., batch, d_vocab_out) and, with ``cache``, the activations.
+
+    Notes
+    -----
+    The read-out is the last position, ``=`` in ``[a, b, =]`` or b in ``[a, b]`` (``Config.equals_token``). Its
+    row of a causal mask is all ones, so with or without the mask (``Config.causal_mask``) the read-out is the
+    same in a one-layer model; none is applied here.
     """
     W_E, W_pos = params["W_E"], params["W_pos"]
     d_head = params["W_Q"].shape[-1]
@@ -178,6 +189,8 @@ def forward(params: Mapping[str, torch.Tensor], tokens: torch.Tensor, *, cache: 
     # the last position attends to every position (causal mask is all ones on the last row)
     scores = torch.einsum("...bhd,...bphd->...bhp", q, k) / math.sqrt(d_head)
     pattern = scores.softmax(dim=-1)
+    if attn_coeff != 1:
+        pattern = attn_coeff * pattern + (1 - attn_coeff)
     z = torch.einsum("...bhp,...bphd->...bhd", pattern, v)
     resid_final = embed.flatten(-3, -2)[..., flat[n_ctx - 1 :: n_ctx], :]  # (..., batch, d_model) at the last position
     attn_out = torch.einsum("...bhd,...hdm->...bm", z, params["W_O"])
@@ -228,5 +241,5 @@ class Transformer(nn.Module):
         return {name: sd[key] for name, key in PARAM_KEYS.items()}
 
     def forward(self, tokens: torch.Tensor, *, cache: bool = False) -> ForwardOutput:
-        """See :func:`forward`."""
-        return forward(self.params(), tokens, cache=cache)
+        """See :func:`forward` (with the config's ``attn_coeff``)."""
+        return forward(self.params(), tokens, cache=cache, attn_coeff=self.cfg.attn_coeff)

@@ -14,18 +14,24 @@ import xarray as xr
 from mechgrok.errors import CheckpointError, ConfigError
 from mechgrok.store.assemble import CurveCadenceError
 from mechgrok.store.detect import FORMATS, check_format, detect_folder_format, detect_object_format
+from mechgrok.tasks.identify import record_task
+from mechgrok.store.curves import curves_dataset, is_curve_only, load_loss_curves
 from mechgrok.store.ingest import ingest
+from mechgrok.store.sequence_run import is_sequence_run, load_sequence_run
+from mechgrok.store.location import local_copy, normalise
 from mechgrok.store.own import load_run_dir
 from mechgrok.store.paper import load_paper_epochs, load_paper_full_run, load_single_model
+from mechgrok.store.pizza import load_pizza_model, pizza_config_path
 from mechgrok.store.safe_load import load_checkpoint_file
 from mechgrok.store.schema import build_dataset
 from mechgrok.store.transformerlens import load_tl_demo, load_tl_model
 from mechgrok.store.writer import TrajectoryWriter
-from mechgrok.store.zarr_io import append_checkpoints, append_curves, open_store, repair_store, write_store
+from mechgrok.store.zarr_io import append_checkpoints, append_curves, is_store, open_store, repair_store, write_store
 
 __all__ = [
     "FORMATS",
     "open_run",
+    "load_loss_curves",
     "ingest",
     "TrajectoryWriter",
     "build_dataset",
@@ -51,7 +57,8 @@ def open_run(
     Parameters
     ----------
     path : str or Path
-        A mechgrok run directory; a Zarr trajectory store (opened lazily); a ``.pth``/``.pt`` file in one of the
+        Local, or an fsspec URL (``s3://``, ``gs://``, ``memory://``; a Zarr store is read in place, anything
+        else through a temporary local copy). A mechgrok run directory; a Zarr trajectory store (opened lazily); a ``.pth``/``.pt`` file in one of the
         paper's layouts (``full_run_data.pth``, a final-model file such as those in the paper's ``saved_runs/``)
         or TransformerLens' (the grokking demo's trajectory file, a ``HookedTransformer`` state dict); a
         ``.safetensors`` state dict; or a folder of the paper's ``{epoch}.pth`` files.
@@ -99,12 +106,19 @@ def open_run(
     Weight orientation is fixed once, here: the paper's column layout is transposed to TransformerLens'
     (paper.md 5.4). The split rule is the paper's (paper.md 2.1, ``gen_train_test``).
     """
-    path = Path(path)
+    path = normalise(path)
+    if isinstance(path, str):  # an fsspec URL (mechgrok.store.location): Zarr read in place, the rest via a copy
+        if format in (None, "zarr") and is_store(path) and seed is None and frac_train is None:
+            return open_store(path)
+        with local_copy(path) as local:
+            return open_run(local, format=format, trusted=trusted, seed=seed, frac_train=frac_train).load()
     if not path.exists():
         raise CheckpointError("no such file or folder", path=path)
     check_format(format, path)
     if path.is_dir():
         fmt = format or detect_folder_format(path)
+        if fmt == "mechgrok-run" and is_sequence_run(path):  # n-digit addition, repeated subsequences
+            return load_sequence_run(path)
         if fmt == "mechgrok-run":
             return load_run_dir(path, seed=seed, frac_train=frac_train)
         if fmt == "zarr":
@@ -112,7 +126,11 @@ def open_run(
                 raise ConfigError("seed/frac_train cannot be set when opening a Zarr store", path=path)
             return open_store(path)
         return load_paper_epochs(path, trusted=trusted, seed=seed, frac_train=frac_train)
+    if format == "pizza-model" or (format is None and pizza_config_path(path) is not None):
+        return load_pizza_model(path, trusted=trusted, seed=seed, frac_train=frac_train)
     obj = load_checkpoint_file(path, trusted=trusted)
+    if format is None and is_curve_only(obj):  # loss curves without a model (mechgrok.store.curves)
+        return curves_dataset(obj, path)
     fmt = format or detect_object_format(obj, path)
     if fmt == "paper-full-run":
         return load_paper_full_run(obj, path, seed=seed, frac_train=frac_train)
@@ -120,4 +138,5 @@ def open_run(
         return load_tl_demo(obj, path, seed=seed, frac_train=frac_train)
     if fmt == "tl-model":
         return load_tl_model(obj, path, seed=seed, frac_train=frac_train)
-    return load_single_model(obj, path, layout="original", source_format="paper-model", seed=seed, frac_train=frac_train)
+    ds = load_single_model(obj, path, layout="original", source_format="paper-model", seed=seed, frac_train=frac_train)
+    return record_task(ds)  # the authors' addition and induction models: attrs["task"]

@@ -4,7 +4,8 @@ Shared by every source format except mechgrok's own run directory (:mod:`mechgro
 
 The modulus p
     Taken from the source config (key ``p``) where there is one, and then checked: the vocabulary must be
-    p + 1 (the residues and ``=``) and the output classes p + 1 or p (TransformerLens' demo drops ``=``), else a
+    p + 1 (the residues and ``=``) and the output classes p + 1 or p (TransformerLens' demo drops ``=``), or
+    both p for a 2-token context without ``=`` (the Pizza models, :mod:`mechgrok.store.pizza`), else a
     :class:`CheckpointError` names the file. Without a configured p, a model with a 3-token context whose
     output classes are d_vocab or d_vocab - 1 is taken as modular with p = d_vocab - 1. Other models (5-digit
     addition, induction heads) have no p: no ``attrs["p"]`` and no ``is_train``.
@@ -297,7 +298,10 @@ def as_epoch(value: Any, *, name: str, path: Path) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CheckpointError(f"{name} is {value!r}, not an integer epoch", path=path)
+        shown = repr(value) if isinstance(value, (int, float, str, type(None))) else f"a {type(value).__name__}"
+        raise CheckpointError(f"{name} is {shown[:60]}, not an integer epoch", path=path)
+    if value < 0:
+        raise CheckpointError(f"{name} is {value}, a negative epoch", path=path)
     return value
 
 
@@ -329,6 +333,8 @@ def _check_config_sizes(model: ConvertedModel, cfg: Mapping[str, Any], *, path: 
         value = _lookup(cfg, name)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        if not math.isfinite(value) or value != int(value):
+            raise CheckpointError(f"the config says {name}={value!r}, not a whole number", path=path)
         if name == "d_mlp" and sizes["d_mlp"] is None:
             continue  # the induction-head config records an unused d_mlp
         if name == "d_vocab_out" and int(value) == -1:
@@ -350,6 +356,8 @@ def modulus(model: ConvertedModel, cfg_p: Any, *, path: Any) -> int | None:
         if isinstance(cfg_p, bool) or not isinstance(cfg_p, (int, np.integer)) or cfg_p < 2:
             raise CheckpointError(f"the config's p={cfg_p!r} is not an integer >= 2", path=path)
         p = int(cfg_p)
+        if model.n_ctx == 2 and V == p and O == p:  # inputs [a, b] without '=' (the Pizza models)
+            return p
         if V != p + 1 or O not in (p, p + 1):
             raise CheckpointError(
                 f"p={p} does not match the vocabulary: W_E has {V} tokens and W_U {O} classes "
@@ -460,10 +468,12 @@ def assemble(
     is_train = None
     if p is None:
         if seed is not None or frac_train is not None:
-            raise ConfigError("seed/frac_train only apply to modular-arithmetic models (p x p grid); this one has none")
+            raise ConfigError("seed/frac_train only apply to modular-arithmetic models (p x p grid); this one has none",
+                              path=path)
     elif stored_train is not None:
         if seed is not None or frac_train is not None:
-            raise ConfigError(f"seed/frac_train cannot be set: the source stores its split ({stored_split_where})")
+            raise ConfigError(f"seed/frac_train cannot be set: the source stores its split ({stored_split_where})",
+                              path=path)
         idx = np.asarray(stored_train)
         if idx.ndim == 2:  # (a, b) pairs
             if idx.size and (idx.min() < 0 or idx.max() >= p):
@@ -481,9 +491,9 @@ def assemble(
         use_seed = seed if seed is not None else cfg_src.get("seed", PAPER_SEED)
         use_frac = frac_train if frac_train is not None else cfg_src.get("frac_train", PAPER_FRAC_TRAIN)
         if isinstance(use_seed, bool) or not isinstance(use_seed, (int, np.integer)):
-            raise ConfigError(f"seed must be an integer, got {use_seed!r}")
+            raise ConfigError(f"seed must be an integer, got {use_seed!r}", path=path)
         if isinstance(use_frac, bool) or not isinstance(use_frac, (int, float)) or not 0 < float(use_frac) < 1:
-            raise ConfigError(f"frac_train must lie strictly between 0 and 1, got {use_frac!r}")
+            raise ConfigError(f"frac_train must lie strictly between 0 and 1, got {use_frac!r}", path=path)
         origin = "given" if (seed is not None or frac_train is not None) else (
             "from the source config" if ("seed" in cfg_src or "frac_train" in cfg_src) else "the paper's defaults")
         train, _ = split_indices(p, float(use_frac), int(use_seed))

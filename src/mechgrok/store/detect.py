@@ -9,6 +9,8 @@ format                 recognised by
 ``paper-full-run``     a file whose dict has ``state_dicts`` (``full_run_data.pth``)
 ``tl-demo``            a file whose dict has ``checkpoints`` (TransformerLens' grokking demo)
 ``paper-model``        a file with one state dict (bare or under ``model``) in the original layout
+``pizza-model``        ``model_<runid>.pt`` with ``config_<runid>.json`` beside it (Zhong et al. 2023's
+                       saved models, :mod:`mechgrok.store.pizza`; recognised by the two names)
 ``tl-model``           a file with one state dict (bare, under ``model``, or ``.safetensors``) in
                        TransformerLens' layout
 =====================  ===============================================================================
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mechgrok.errors import CheckpointError, ConfigError
-from mechgrok.rundir import is_run_dir
+from mechgrok.rundir import is_run_dir, read_run_info
 from mechgrok.store.layouts import detect_layout, is_state_dict
 from mechgrok.store.paper import EPOCH_FILE_RE
 
@@ -32,7 +34,7 @@ __all__ = ["FORMATS", "FOLDER_FORMATS", "FILE_FORMATS", "check_format", "detect_
 #: Formats of folders.
 FOLDER_FORMATS: tuple[str, ...] = ("mechgrok-run", "zarr", "paper-epochs")
 #: Formats of single files.
-FILE_FORMATS: tuple[str, ...] = ("paper-full-run", "paper-model", "tl-demo", "tl-model")
+FILE_FORMATS: tuple[str, ...] = ("paper-full-run", "paper-model", "tl-demo", "tl-model", "pizza-model")
 #: Every format ``open_run`` reads.
 FORMATS: tuple[str, ...] = FOLDER_FORMATS + FILE_FORMATS
 
@@ -71,6 +73,8 @@ def detect_folder_format(path: Path) -> str:
         return "paper-epochs"
     if not any(path.iterdir()):
         raise CheckpointError("empty folder: no checkpoints", path=path)
+    if (path / "run.json").exists():
+        read_run_info(path)  # says what is wrong with it (not UTF-8, not JSON, not mechgrok's)
     raise CheckpointError(
         "no checkpoints found: not a mechgrok run directory (run.json), a Zarr store (zarr.json) or a folder of "
         "{epoch}.pth files", path=path)

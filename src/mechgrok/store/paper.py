@@ -226,7 +226,7 @@ def load_paper_epochs(
         if isinstance(obj, Mapping):  # the files' keys train_loss / test_loss are the curves loss_train / loss_test
             for name, key in (("loss_train", "train_loss"), ("loss_test", "test_loss")):
                 if obj.get(key) is not None:
-                    point_losses[name].append((epoch, float(obj[key])))
+                    point_losses[name].append((epoch, _loss_value(obj[key], name=key, path=f)))
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rule = ""
     final = folder / "final.pth"
@@ -265,13 +265,23 @@ def load_paper_epochs(
     )
 
 
+def _loss_value(value: Any, *, name: str, path: Path) -> float:
+    """One loss (a float, or a one-element tensor) of a per-epoch file."""
+    try:
+        return float(value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value)
+    except (TypeError, ValueError, RuntimeError):
+        raise CheckpointError(f"{name} is a {type(value).__name__}, not a number", path=path) from None
+
+
 def _pairs(data: Any, *, path: Path) -> np.ndarray:
     """Training triples/pairs ``(a, b[, =])`` as an (n, 2) int64 array."""
     try:
         arr = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+        if arr.dtype.kind not in "iub":  # floats, strings, objects: only whole numbers are residues
+            raise TypeError(f"dtype {arr.dtype}")
         arr = np.asarray(arr, dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"train_data is not a list of (a, b, =) triples ({e})", path=path) from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"train_data is not a list of (a, b, =) integer triples ({str(e)[:80]})", path=path) from None
     if arr.ndim != 2 or arr.shape[1] < 2:
         raise CheckpointError(f"train_data has shape {arr.shape}, expected (n, 3) triples (a, b, =)", path=path)
     return arr[:, :2]

@@ -24,6 +24,11 @@ Commit record
     says so, rather than a half-written Dataset), and :func:`repair_store` -- which every append runs first --
     cuts the arrays back to the record, so re-running the writer finishes the job. ``open_store`` drops the
     record from the returned attrs.
+
+Object storage
+    Every path may be an fsspec URL (``s3://``, ``gs://``, ``memory://``; :mod:`mechgrok.store.location`): zarr
+    reads and writes it through its own ``FsspecStore``, and a new store is written aside locally and uploaded
+    with its root ``zarr.json`` last.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ import numpy as np
 import xarray as xr
 
 from mechgrok.errors import StoreError
+from mechgrok.store.lock import hold
+from mechgrok.store.location import exists, name_of, normalise, remove, upload, zarr_store
 
 __all__ = [
     "COMMIT_ATTR",
@@ -68,7 +75,10 @@ def compressor() -> Any:
 
 def is_store(path: str | Path) -> bool:
     """Whether ``path`` is a Zarr v3 store (a folder with a root ``zarr.json``)."""
-    return (Path(path) / "zarr.json").is_file()
+    path = normalise(path)
+    if isinstance(path, str):  # a URL (mechgrok.store.location)
+        return exists(f"{path}/zarr.json")
+    return (path / "zarr.json").is_file()
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
@@ -89,8 +99,37 @@ def _lengths(ds: xr.Dataset) -> dict[str, int]:
     return {d: int(ds.sizes.get(d, 0)) for d in _APPEND_DIMS}
 
 
+def _owner_alive(leftover: Path) -> bool:
+    """Whether the process that made a ``.NAME.tmp-PID-XXXX`` / ``.NAME.old-PID-XXXX`` folder still runs."""
+    try:
+        pid = int(leftover.name.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return False  # an older name without the pid
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _stale_temps(path: Path) -> list[Path]:
-    return [p for p in path.parent.glob(f".{path.name}.tmp-*") if p.is_dir()]
+    """Temporary and swapped-out folders of writes whose process has died (never another live writer's)."""
+    found = [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]
+    return [p for p in found if p.is_dir() and not _owner_alive(p)]
+
+
+def _recover_swap(path: Path) -> None:
+    """Put the previous store back under ``path`` if a write died between moving it aside and moving the new
+    one in (``path`` missing, its ``.NAME.old-PID-XXXX`` there, its owner dead)."""
+    if path.exists():
+        return
+    old = [p for p in path.parent.glob(f".{path.name}.old-*") if p.is_dir() and not _owner_alive(p)]
+    if old:
+        os.replace(max(old, key=lambda p: p.stat().st_mtime), path)
 
 
 def remove_store(path: str | Path) -> None:
@@ -131,13 +170,13 @@ def write_store(ds: xr.Dataset, path: str | Path, *, overwrite: bool = False) ->
     StoreError
         If ``path`` exists (without ``overwrite``), is not a Zarr store (with ``overwrite``), or the write fails.
     """
-    path = Path(path)
-    if path.exists():
+    path = normalise(path)
+    if exists(path):
         if not overwrite:
             raise StoreError("already exists; pass --overwrite (overwrite=True) to replace it", path=path)
-        if not path.is_dir() or not (is_store(path) or not any(path.iterdir())):
+        if not (is_store(path) or (isinstance(path, Path) and path.is_dir() and not any(path.iterdir()))):
             raise StoreError("--overwrite refused: the path exists and is not a Zarr store", path=path)
-    if not path.parent.is_dir():
+    if isinstance(path, Path) and not path.parent.is_dir():
         raise StoreError("the parent folder does not exist", path=path)
     out = ds.drop_encoding()
     # fixed-width strings have no Zarr v3 spec: label coordinates go as object (variable-length) strings
@@ -160,40 +199,79 @@ def write_aside(path: str | Path, write: Callable[[Path], Any]) -> Path:
     StoreError
         If the write fails with an OS, type or value error (the temporary folder is removed).
     """
-    path = Path(path)
-    for stale in _stale_temps(path):  # left by a write that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        if path.exists():
-            trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, (TypeError, ValueError, OSError)):
-            raise StoreError(f"cannot write the store: {e}", path=path) from None
-        raise
+    path = normalise(path)
+    if isinstance(path, str):  # a URL: no rename on object stores (mechgrok.store.location)
+        return _write_aside_remote(path, write)
+    with hold(path, busy="another mechgrok process is writing this store"):
+        _recover_swap(path)
+        for stale in _stale_temps(path):  # left by a write that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = path.parent / f".{path.name}.tmp-{tag}"
+        try:
+            write(tmp)
+            if not (tmp / "zarr.json").is_file():
+                raise StoreError("the store written aside is gone or incomplete (was it removed by another "
+                                 "process?); nothing was replaced", path=path)
+            if path.exists():
+                trash = path.parent / f".{path.name}.old-{tag}"
+                os.replace(path, trash)
+                os.replace(tmp, path)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, (TypeError, ValueError, OSError)):
+                raise StoreError(f"cannot write the store: {e}", path=path) from None
+            raise
     return path
 
 
-def _group(path: Path, mode: str) -> Any:
+def _write_aside_remote(url: str, write: Callable[[Path], Any]) -> str:
+    """:func:`write_aside` for a URL: write to a local temporary folder, then upload it with the root
+    ``zarr.json`` last (:func:`mechgrok.store.location.upload`); an older store there is removed first."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mechgrok-") as tmp:
+        local = Path(tmp) / name_of(url)
+        try:
+            write(local)
+        except (TypeError, ValueError, OSError) as e:
+            raise StoreError(f"cannot write the store: {e}", path=url) from None
+        remove(url)
+        upload(local, url)
+    return url
+
+
+def _group(path: Path | str, mode: str) -> Any:
     import zarr
 
     if not is_store(path):
         raise StoreError("not a Zarr v3 store (no zarr.json)", path=path)
     try:
-        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+        return zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode, zarr_format=3)
     except Exception as e:  # zarr raises several types on corrupt metadata
         raise StoreError(f"cannot open the Zarr store: {type(e).__name__}: {e}", path=path) from None
 
 
-def _uncommitted(group: Any) -> list[tuple[str, str, int, int]]:
-    """``(array, dim, length, committed)`` of every array whose append dim disagrees with the commit record."""
+def _uncommitted(group: Any, path: Any) -> list[tuple[str, str, int, int]]:
+    """``(array, dim, length, committed)`` of every array whose append dim disagrees with the commit record.
+
+    Raises
+    ------
+    StoreError
+        If an array's metadata cannot be read (zarr raises many types on a damaged ``zarr.json``).
+    """
+    try:
+        return _uncommitted_arrays(group)
+    except StoreError:
+        raise
+    except Exception as e:
+        raise StoreError(f"cannot read the Zarr store's arrays: {type(e).__name__}: {str(e)[:160]}", path=path) from None
+
+
+def _uncommitted_arrays(group: Any) -> list[tuple[str, str, int, int]]:
     committed = dict(group.attrs).get(COMMIT_ATTR)
     if not isinstance(committed, dict):
         return []
@@ -221,9 +299,9 @@ def repair_store(path: str | Path) -> bool:
     StoreError
         If the store cannot be opened, or an array is *shorter* than its commit record (damaged store).
     """
-    path = Path(path)
+    path = normalise(path)
     group = _group(path, "r+")
-    bad = _uncommitted(group)
+    bad = _uncommitted(group, path)
     for name, d, n, c in bad:
         if n < c:
             raise StoreError(f"array {name!r} has {n} entries along {d!r} but {c} are committed: damaged store", path=path)
@@ -256,18 +334,19 @@ def open_store(path: str | Path) -> xr.Dataset:
         If ``path`` is not a Zarr store, cannot be read, or holds an unfinished append (see the module
         docstring; :func:`repair_store` or re-running the writer fixes it).
     """
-    path = Path(path)
-    group = _group(path, "r")
-    bad = _uncommitted(group)
-    if bad:
-        name, d, n, c = bad[0]
-        raise StoreError(
-            f"an append was interrupted: {name!r} holds {n} entries along {d!r} but {c} are committed; re-run the "
-            "writer or call mechgrok.store.repair_store(path)", path=path)
-    try:
-        ds = xr.open_zarr(str(path), chunks=None, consolidated=False, zarr_format=3)
-    except Exception as e:
-        raise StoreError(f"cannot open the Zarr store: {type(e).__name__}: {e}", path=path) from None
+    path = normalise(path)
+    with hold(path, busy="a mechgrok process is appending to this store"):  # no half-landed append seen
+        group = _group(path, "r")
+        bad = _uncommitted(group, path)
+        if bad:
+            name, d, n, c = bad[0]
+            raise StoreError(
+                f"an append was interrupted: {name!r} holds {n} entries along {d!r} but {c} are committed; re-run "
+                "the writer or call mechgrok.store.repair_store(path)", path=path)
+        try:
+            ds = xr.open_zarr(zarr_store(path), chunks=None, consolidated=False, zarr_format=3)
+        except Exception as e:
+            raise StoreError(f"cannot open the Zarr store: {type(e).__name__}: {e}", path=path) from None
     ds.attrs.pop(COMMIT_ATTR, None)
     return ds
 
@@ -317,7 +396,7 @@ def _append(path: Path, piece: xr.Dataset, dim: str) -> None:
         out[n].attrs = dict(store[n].attrs)
     out.attrs = raw_attrs  # xarray rewrites the root attrs first: keep the old commit record until the data landed
     try:
-        out.to_zarr(str(path), mode="a-", append_dim=dim, consolidated=False, zarr_format=3)
+        out.to_zarr(zarr_store(path, read_only=False), mode="a-", append_dim=dim, consolidated=False, zarr_format=3)
     except (TypeError, ValueError) as e:
         raise StoreError(f"append failed: {e}", path=path) from None
     committed = dict(raw_attrs.get(COMMIT_ATTR) or {})
@@ -344,7 +423,8 @@ def append_checkpoints(path: str | Path, piece: xr.Dataset) -> None:
     StoreError
         If any of this does not hold (nothing is written then), or the store cannot be opened.
     """
-    _append(Path(path), piece, "checkpoint")
+    with hold(normalise(path), busy="another mechgrok process is appending to this store"):
+        _append(normalise(path), piece, "checkpoint")
 
 
 def append_curves(path: str | Path, piece: xr.Dataset) -> None:
@@ -355,4 +435,5 @@ def append_curves(path: str | Path, piece: xr.Dataset) -> None:
     StoreError
         If the piece's variables, dtypes or epochs do not fit the store.
     """
-    _append(Path(path), piece, "epoch")
+    with hold(normalise(path), busy="another mechgrok process is appending to this store"):
+        _append(normalise(path), piece, "epoch")

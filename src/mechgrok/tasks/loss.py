@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["cross_entropy", "per_example_loss", "accuracy"]
+__all__ = ["cross_entropy", "cross_entropy_float32", "per_example_loss", "accuracy"]
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -58,6 +58,39 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Differentiable: gradients flow back to ``logits`` in their own dtype.
     """
     return per_example_loss(logits, labels).mean(dim=-1)
+
+
+def cross_entropy_float32(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy through a **float32** log-softmax, as the released ``helpers.py`` computes it (nats).
+
+    ``-mean(gather(log_softmax(logits.float()), labels))``, all in float32: the correct class's log-probability
+    rounds to 0 once its probability is within 2^-24 of 1, so a fit example's loss and its correct-class
+    gradient are quantised to multiples of about 6e-8 (or vanish) and the train loss floors near 1e-7 with
+    upward spikes (the "slingshots"; paper.md 2.3, ``docs/slingshots.md``). Only for studying that effect
+    (``Config.loss_dtype = "float32"``); every other loss in mechgrok is :func:`cross_entropy`.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Shape (..., batch, n_classes), any float dtype; cast to float32 first.
+    labels : torch.Tensor
+        int64, shape (batch,) or broadcastable to ``logits.shape[:-1]``.
+
+    Returns
+    -------
+    torch.Tensor
+        float32, shape ``logits.shape[:-2]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> L = torch.tensor([[20.0, 0.0, 0.0]])
+    >>> float(cross_entropy_float32(L, torch.tensor([0]))) == 0.0  # float64 gives log1p(2 e^-20) = 4.1e-9
+    True
+    """
+    logp = torch.log_softmax(logits.to(torch.float32), dim=-1)
+    labels = labels.expand(logits.shape[:-1]).unsqueeze(-1)
+    return -logp.gather(-1, labels).squeeze(-1).mean(dim=-1)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -59,9 +59,10 @@ from mechgrok.analyses.modular.ablation_kernels import (
 )
 from mechgrok.analyses.modular.fourier import check_odd_p, residues
 from mechgrok.analyses.modular.grid import grid_pass, model_p
-from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
+from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, Progress, run
 from mechgrok.errors import AnalysisError
 from mechgrok.models.transformer import WEIGHT_NAMES
+from mechgrok.tasks.discrete_log import is_discrete_log
 
 __all__ = [
     "check_key_freqs",
@@ -78,7 +79,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------------------------
-def check_key_freqs(key_freqs: Sequence[int], p: int) -> list[int]:
+def check_key_freqs(key_freqs: Sequence[int], p: int, *, even_order: bool = False) -> list[int]:
     """Validate a set of key frequencies for modulus p and return it sorted.
 
     Parameters
@@ -86,7 +87,10 @@ def check_key_freqs(key_freqs: Sequence[int], p: int) -> list[int]:
     key_freqs : sequence of int
         Frequencies k in 1..(p-1)/2.
     p : int
-        Odd modulus.
+        Odd modulus (or, with ``even_order``, the even order of the discrete-log coordinates of mul and div,
+        :mod:`mechgrok.tasks.discrete_log`).
+    even_order : bool
+        Accept an even p.
 
     Returns
     -------
@@ -98,7 +102,7 @@ def check_key_freqs(key_freqs: Sequence[int], p: int) -> list[int]:
     AnalysisError
         If the set is empty, has a repeat or non-integer, or a frequency outside 1..(p-1)/2, or p is even.
     """
-    check_odd_p(p)
+    check_odd_p(p, even_order=even_order)
     try:
         ks = [int(k) for k in key_freqs]
     except (TypeError, ValueError):
@@ -294,19 +298,19 @@ def _var_attrs(name: str) -> dict[str, Any]:
         ref = "paper 5.1"
     elif name.startswith("restricted_"):
         desc = f"restricted {'loss' if units == 'nats' else 'accuracy'} on the {split} pairs: logits kept on const + cos/sin(w_k(a+b)), k in K"
-        ref = "paper 5.1; paper.md 3.7"
+        ref = "paper 5.1"
     elif name.startswith("block3x3_"):
         desc = f"{'loss' if units == 'nats' else 'accuracy'} on the {split} pairs with only the 2D Fourier 3x3 blocks I_k x I_k, k in K, kept"
         ref = "paper 4.4"
     elif name in ("excluded_loss", "excluded_acc"):
         desc = "train-split loss/accuracy with the cos/sin(w_k(a+b)) directions of one key frequency removed"
-        ref = "paper 5.1; paper.md 3.8"
+        ref = "paper 5.1"
     elif name.endswith("_full"):
         desc = "train-split loss/accuracy with the cos/sin(w_k(a+b)) directions of every key frequency removed"
-        ref = "paper 5.1, Fig. 7; paper.md 3.8"
+        ref = "paper 5.1, Fig. 7"
     elif name == "excluded_loss_by_freq":
         desc = "train-split loss with the cos/sin(w_f(a+b)) directions of frequency f removed, every f"
-        ref = "paper.md 3.8"
+        ref = "paper 5.1"
     else:  # excluded_loss_max
         desc = "maximum over all frequencies of the single-frequency excluded loss (model-independent variant)"
         ref = "paper 5.1, footnote 3"
@@ -464,7 +468,7 @@ class Ablation:
             If the trajectory has no (odd) p, is multi-layer, has no ``is_train``, or K is invalid.
         """
         p = model_p(ds)
-        ks = check_key_freqs(key_freqs, p)
+        ks = check_key_freqs(key_freqs, p, even_order=is_discrete_log(ds.attrs))
         if "is_train" not in ds:
             raise AnalysisError("the trajectory has no 'is_train' split; the train/test and excluded losses need it")
         masks = split_masks(ds["is_train"], p)
@@ -495,6 +499,7 @@ def ablation_losses(
     key_freq_rule: str | None = None,
     chunk: int = DEFAULT_CHUNK,
     device: str | torch.device | None = "cpu",
+    progress: Progress | bool | None = None,
 ) -> xr.Dataset:
     """Loss, accuracy, restricted, excluded and 3 x 3-block losses over every checkpoint of a trajectory.
 
@@ -522,6 +527,9 @@ def ablation_losses(
         Checkpoints whose weights are read at once.
     device : str, torch.device or None
         Where the forward pass runs (None: CUDA when available).
+    progress : callable or bool, optional
+        ``progress(stage, done, total)`` after each chunk of checkpoints, or True for a rich bar
+        (:func:`mechgrok.engine.run`).
 
     Returns
     -------
@@ -544,4 +552,4 @@ def ablation_losses(
     """
     kernel = Ablation.for_trajectory(ds, key_freqs=key_freqs, all_freqs=all_freqs, block3x3=block3x3,
                                      reference_checkpoint=reference_checkpoint, key_freq_rule=key_freq_rule)
-    return run(ds, [kernel], chunk=chunk, device=device)["ablation"]
+    return run(ds, [kernel], chunk=chunk, device=device, progress=progress, stage="ablation")["ablation"]

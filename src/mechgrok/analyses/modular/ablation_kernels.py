@@ -45,7 +45,7 @@ def sum_projection_by_residue(L: torch.Tensor, p: int, freqs: Sequence[int]) -> 
 
 def keep_3x3_blocks(L: torch.Tensor, p: int, freqs: Sequence[int]) -> torch.Tensor:
     """Keep only the 2D Fourier components in the blocks I_k x I_k (k in freqs); float64 (..., p*p, p)."""
-    F = torch.from_numpy(fourier_basis(p).values)
+    F = torch.from_numpy(fourier_basis(p, even_order=p % 2 == 0).values)  # even: discrete-log coordinates
     J = [0] + [i for k in freqs for i in (2 * k - 1, 2 * k)]
     FJ = F[J]  # (m, x)
     m = len(J)
@@ -145,7 +145,6 @@ def measures_direct(
         out["excluded_loss_by_freq"] = torch.stack([train_stats(R_all[:, j])[0] for j in range(len(every))], -1).numpy()
         out["excluded_loss_max"] = out["excluded_loss_by_freq"].max(-1)
         del R_all
-    del L_tr
 
     # 3 x 3-block ablation
     if block3x3:
@@ -196,7 +195,7 @@ class AblationPlan:
         self.key_pos = [self.freqs.index(k) for k in self.key_freqs]
         self.cos, self.sin = trig(p, self.freqs)  # (F, s)
         # 3 x 3 blocks: the kept components J and the (f, g) mask among them
-        F = torch.from_numpy(fourier_basis(p).values)
+        F = torch.from_numpy(fourier_basis(p, even_order=p % 2 == 0).values)  # even: discrete-log coordinates
         J = [0] + [i for k in self.key_freqs for i in (2 * k - 1, 2 * k)]
         self.FJ = F[J].contiguous()  # (m, x)
         m = len(J)

@@ -115,9 +115,9 @@ def _fit_dataset(v: dict[str, np.ndarray], checkpoint: np.ndarray, heads: np.nda
             "theta": (("checkpoint", "head", "freq"), v["theta"], {"description": "theta in [0, p/k) at each frequency", "units": "residues"}),
             "head_freq": (("checkpoint", "head"), v["head_freq"], {"description": "frequency of the best fit (-1: constant attention)"}),
             "head_fve": (("checkpoint", "head"), v["head_fve"], {"description": "FVE of the best fit", "units": "fraction"}),
-            "head_amplitude": (("checkpoint", "head"), v["head_amplitude"], {"description": "C of the best fit"}),
+            "head_amplitude": (("checkpoint", "head"), v["head_amplitude"], {"description": "C of the best fit", "units": "attention probability"}),
             "head_theta": (("checkpoint", "head"), v["head_theta"], {"description": "theta of the best fit", "units": "residues"}),
-            "offset": (("checkpoint", "head"), v["offset"], {"description": "fitted constant = grid mean of attn_to_a (0.5 with no self-attention)"}),
+            "offset": (("checkpoint", "head"), v["offset"], {"description": "fitted constant = grid mean of attn_to_a (0.5 with no self-attention)", "units": "attention probability"}),
         },
         coords=coords,
         attrs={

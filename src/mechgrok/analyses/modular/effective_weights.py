@@ -81,6 +81,9 @@ def effective_weights(
     missing = [w for w in needed if w not in ds]
     if missing:
         raise AnalysisError(f"the trajectory lacks weights {missing} needed by {list(include)}")
+    if "W_attn" in include and ds.sizes.get("pos", 3) == 2:
+        raise AnalysisError("W_attn is the score from the '=' query; a model on [a, b] without '=' (the Pizza "
+                            "models) reads out at b, whose query depends on b")
     res = run(ds, [EffectiveWeights(p=p, include=tuple(include), scaled=scaled, weights=needed)], chunk=chunk,
               device="cpu")["effective_weights"]
     res["checkpoint"].attrs = dict(ds["checkpoint"].attrs)

@@ -5,7 +5,11 @@ Rows are ordered as in the paper's code: **[const, cos 1, sin 1, cos 2, sin 2, .
 
     F[0, x] = 1 / sqrt(p),  F[2k-1, x] = sqrt(2/p) cos(w_k x),  F[2k, x] = sqrt(2/p) sin(w_k x)
 
-so F is orthonormal (F F^T = I). Only odd p is supported (an even p would need an extra alternating row).
+so F is orthonormal (F F^T = I). Only odd p is supported (an even p would need an extra alternating row),
+except with ``even_order=True``: the order p - 1 of the multiplicative group in the discrete-log coordinates of
+multiplication and division (:mod:`mechgrok.tasks.discrete_log`). The basis then has the p - 1 rows above and
+leaves out the Nyquist frequency p/2 (the alternating row (-1)^x, for mul the Legendre symbol): its energy
+counts in totals (FVE denominators) but it is never a candidate frequency.
 """
 
 from __future__ import annotations
@@ -32,20 +36,20 @@ __all__ = [
 ]
 
 
-def check_odd_p(p: int) -> int:
-    """Return ``p`` if it is an odd integer >= 3.
+def check_odd_p(p: int, *, even_order: bool = False) -> int:
+    """Return ``p`` if it is an odd integer >= 3 (or, with ``even_order``, any integer >= 3).
 
     Raises
     ------
     AnalysisError
-        For an even or too small p.
+        For an even (unless ``even_order``) or too small p.
     """
-    if int(p) != p or p < 3 or p % 2 == 0:
+    if int(p) != p or p < 3 or (p % 2 == 0 and not even_order):
         raise AnalysisError(f"the Fourier basis needs an odd p >= 3, got p={p}")
     return int(p)
 
 
-def grid_p(da: xr.DataArray, need: tuple[str, ...], name: str) -> int:
+def grid_p(da: xr.DataArray, need: tuple[str, ...], name: str, *, even_order: bool = False) -> int:
     """The modulus of an array over the input grid: check that ``da`` has the dims ``need`` and return its odd p.
 
     Parameters
@@ -64,25 +68,25 @@ def grid_p(da: xr.DataArray, need: tuple[str, ...], name: str) -> int:
     """
     if any(d not in da.dims for d in need):
         raise AnalysisError(f"{name} needs dims {need}, has {da.dims}")
-    return check_odd_p(da.sizes["a"])
+    return check_odd_p(da.sizes["a"], even_order=even_order)
 
 
-def fourier_labels(p: int) -> list[str]:
-    """Component labels ``["const", "cos 1", "sin 1", ...]``, length p."""
-    check_odd_p(p)
+def fourier_labels(p: int, *, even_order: bool = False) -> list[str]:
+    """Component labels ``["const", "cos 1", "sin 1", ...]``, length p (p - 1 for an even order)."""
+    check_odd_p(p, even_order=even_order)
     labels = ["const"]
     for k in range(1, (p - 1) // 2 + 1):
         labels += [f"cos {k}", f"sin {k}"]
     return labels
 
 
-def freq_of_component(p: int) -> np.ndarray:
-    """Frequency of each Fourier component (0 for const), int64 shape (p,)."""
-    check_odd_p(p)
+def freq_of_component(p: int, *, even_order: bool = False) -> np.ndarray:
+    """Frequency of each Fourier component (0 for const), int64 shape (p,) ((p - 1,) for an even order)."""
+    check_odd_p(p, even_order=even_order)
     return np.concatenate([[0], np.repeat(np.arange(1, (p - 1) // 2 + 1), 2)]).astype(np.int64)
 
 
-def fourier_basis(p: int, *, dtype: type = np.float64) -> xr.DataArray:
+def fourier_basis(p: int, *, dtype: type = np.float64, even_order: bool = False) -> xr.DataArray:
     """The orthonormal real Fourier basis F, dims (fourier, x), shape (p, p).
 
     Parameters
@@ -91,6 +95,9 @@ def fourier_basis(p: int, *, dtype: type = np.float64) -> xr.DataArray:
         Odd modulus.
     dtype : numpy dtype
         float64 by default.
+    even_order : bool
+        Accept an even p (a group order in discrete-log coordinates): rows for k = 1..p/2 - 1, the Nyquist
+        frequency left out (module docstring).
 
     Returns
     -------
@@ -100,9 +107,9 @@ def fourier_basis(p: int, *, dtype: type = np.float64) -> xr.DataArray:
     Raises
     ------
     AnalysisError
-        If p is even.
+        If p is even (without ``even_order``).
     """
-    check_odd_p(p)
+    check_odd_p(p, even_order=even_order)
     x = np.arange(p)
     rows = [np.full(p, 1 / np.sqrt(p))]
     for k in range(1, (p - 1) // 2 + 1):
@@ -113,12 +120,13 @@ def fourier_basis(p: int, *, dtype: type = np.float64) -> xr.DataArray:
     return xr.DataArray(
         F,
         dims=("fourier", "x"),
-        coords={"fourier": np.array(fourier_labels(p), dtype=object), "freq": ("fourier", freq_of_component(p)), "x": x},
+        coords={"fourier": np.array(fourier_labels(p, even_order=even_order), dtype=object),
+                "freq": ("fourier", freq_of_component(p, even_order=even_order)), "x": x},
         attrs={"description": "orthonormal real Fourier basis, rows [const, cos k, sin k] (paper's order)"},
     )
 
 
-def fft1d(da: xr.DataArray, dim: str, *, out_dim: str = "fourier") -> xr.DataArray:
+def fft1d(da: xr.DataArray, dim: str, *, out_dim: str = "fourier", even_order: bool = False) -> xr.DataArray:
     """Project ``da`` along ``dim`` (length p, odd) onto the Fourier basis: x_hat = F x.
 
     Parameters
@@ -136,12 +144,13 @@ def fft1d(da: xr.DataArray, dim: str, *, out_dim: str = "fourier") -> xr.DataArr
         ``dim`` replaced by ``out_dim`` (with a ``freq`` coordinate), float64.
     """
     p = da.sizes[dim]
-    F = fourier_basis(p).rename(fourier=out_dim, x=dim)
+    F = fourier_basis(p, even_order=even_order).rename(fourier=out_dim, x=dim)
     F = F.assign_coords({dim: da[dim].values}) if dim in da.coords else F.drop_vars(dim)
     return xr.dot(F, da.astype(np.float64), dim=dim)
 
 
-def fft2d(da: xr.DataArray, dims: tuple[str, str] = ("a", "b"), out_dims: tuple[str, str] = ("fa", "fb")) -> xr.DataArray:
+def fft2d(da: xr.DataArray, dims: tuple[str, str] = ("a", "b"), out_dims: tuple[str, str] = ("fa", "fb"), *,
+          even_order: bool = False) -> xr.DataArray:
     """2D Fourier transform over two residue dims: M_hat[f, g] = sum_{a,b} F[f, a] F[g, b] M[a, b].
 
     Parameters
@@ -158,8 +167,8 @@ def fft2d(da: xr.DataArray, dims: tuple[str, str] = ("a", "b"), out_dims: tuple[
     xarray.DataArray
         float64, ``dims`` replaced by ``out_dims`` (paper.md 3.1, ``fft2d``).
     """
-    out = fft1d(da, dims[0], out_dim=out_dims[0]).rename(freq=f"freq_{out_dims[0]}")
-    out = fft1d(out, dims[1], out_dim=out_dims[1]).rename(freq=f"freq_{out_dims[1]}")
+    out = fft1d(da, dims[0], out_dim=out_dims[0], even_order=even_order).rename(freq=f"freq_{out_dims[0]}")
+    out = fft1d(out, dims[1], out_dim=out_dims[1], even_order=even_order).rename(freq=f"freq_{out_dims[1]}")
     return out
 
 

@@ -31,7 +31,7 @@ def gini_variables(norms: xr.Dataset, which: str, p: int) -> dict[str, xr.DataAr
         "variant": "component",
         "N": int(p),
         "units": "dimensionless, 0 (flat) .. 1 - 1/N (one component)",
-        "paper_section": "paper 5.1, Fig. 7; paper.md 3.9",
+        "paper_section": "paper 5.1, Fig. 7",
     }
     freq = xr.DataArray(gini_np(norms[f"{which}_freq_norm"].values, -1), dims=("checkpoint",), coords={"checkpoint": ck})
     freq.attrs = {
@@ -39,7 +39,7 @@ def gini_variables(norms: xr.Dataset, which: str, p: int) -> dict[str, xr.DataAr
         "variant": "frequency",
         "N": int((p - 1) // 2),
         "units": "dimensionless, 0 (flat) .. 1 - 1/N (one frequency)",
-        "paper_section": "paper 5.1, Fig. 7; paper.md 3.9",
+        "paper_section": "paper 5.1, Fig. 7",
     }
     return {f"gini_{which}_component": comp, f"gini_{which}_freq": freq}
 

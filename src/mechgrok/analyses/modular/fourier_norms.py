@@ -25,6 +25,7 @@ from mechgrok.analyses.modular.fourier import check_odd_p, fourier_basis
 from mechgrok.analyses.modular.grid import model_p
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
+from mechgrok.tasks.discrete_log import is_discrete_log
 
 __all__ = ["fourier_norms", "per_frequency", "FourierNorms", "component_norms", "norms_dataset"]
 
@@ -117,7 +118,7 @@ class FourierNorms:
         AnalysisError
             If p is missing or even, the model is multi-layer, or ``include`` names an unknown input.
         """
-        p = check_odd_p(model_p(ds))
+        p = check_odd_p(model_p(ds), even_order=is_discrete_log(ds.attrs))
         bad = [n for n in include if n not in ("W_E", "W_logit")]
         if bad:
             raise AnalysisError(f"unknown Fourier-norm inputs {bad}; known: W_E, W_logit")
@@ -141,24 +142,24 @@ def component_norms(w: dict[str, torch.Tensor], p: int, include: tuple[str, ...]
     vocab_out) as tensors or arrays of any float dtype. Plain BLAS matrix products (no einsum, no strided operands).
     """
     out: dict[str, np.ndarray] = {}
-    Ft = torch.from_numpy(np.ascontiguousarray(fourier_basis(p).values.T, dtype=np.float64))  # (x, fourier)
+    Ft = torch.from_numpy(np.ascontiguousarray(fourier_basis(p, even_order=p % 2 == 0).values.T, dtype=np.float64))  # (x, fourier)
     if "W_E" in include:
         W_E = torch.as_tensor(w["W_E"][:, :p]).to("cpu", torch.float64)  # (ck, x, d_model)
         ck, _, d = W_E.shape
         hat = W_E.transpose(1, 2).reshape(ck * d, p) @ Ft  # (ck * d_model, fourier): one matrix product
-        out["W_E"] = hat.view(ck, d, p).square().sum(1).sqrt().numpy()  # norm over d_model of each component
+        out["W_E"] = hat.view(ck, d, -1).square().sum(1).sqrt().numpy()  # norm over d_model of each component
     if "W_logit" in include:
         W_U = torch.as_tensor(w["W_U"][..., :p]).to("cpu", torch.float64)
         W_logit = torch.as_tensor(w["W_out"]).to("cpu", torch.float64) @ W_U  # (ck, d_mlp, c)
         ck, n, _ = W_logit.shape
         hat = W_logit.reshape(ck * n, p) @ Ft  # (ck * d_mlp, fourier)
-        out["W_logit"] = hat.view(ck, n, p).square().sum(1).sqrt().numpy()  # norm over neurons of each component
+        out["W_logit"] = hat.view(ck, n, -1).square().sum(1).sqrt().numpy()  # norm over neurons of each component
     return out
 
 
 def norms_dataset(comps: dict[str, np.ndarray], checkpoint: np.ndarray, p: int) -> xr.Dataset:
     """The Dataset of :func:`fourier_norms` from the component norms (ck, fourier) of each input."""
-    basis = fourier_basis(p)
+    basis = fourier_basis(p, even_order=p % 2 == 0)  # even: an order in discrete-log coordinates
     coords = {
         "checkpoint": checkpoint,
         "fourier": basis["fourier"].values,
@@ -169,8 +170,8 @@ def norms_dataset(comps: dict[str, np.ndarray], checkpoint: np.ndarray, p: int) 
     for name, comp in comps.items():
         freq_norm = np.sqrt((comp[:, 1:].reshape(comp.shape[0], -1, 2) ** 2).sum(-1))
         what = "W_E[:p] along the token axis" if name == "W_E" else "W_logit along the class axis"
-        data[f"{name}_fourier_norm"] = (("checkpoint", "fourier"), comp, {"description": f"norm of each Fourier component of {what}"})
-        data[f"{name}_freq_norm"] = (("checkpoint", "freq"), freq_norm, {"description": "sqrt(n_cos^2 + n_sin^2)"})
+        data[f"{name}_fourier_norm"] = (("checkpoint", "fourier"), comp, {"description": f"norm of each Fourier component of {what}", "units": "weight"})
+        data[f"{name}_freq_norm"] = (("checkpoint", "freq"), freq_norm, {"description": "sqrt(n_cos^2 + n_sin^2)", "units": "weight"})
         data[f"{name}_freq_share"] = (
             ("checkpoint", "freq"),
             _share(freq_norm),

@@ -20,12 +20,15 @@ import torch
 import xarray as xr
 from einops import rearrange
 
+from mechgrok.config import recorded
 from mechgrok.errors import AnalysisError
 from mechgrok.analyses.modular.fourier import residues
+from mechgrok.tasks.discrete_log import coordinates, operation_of
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.models.transformer import WEIGHT_NAMES, ForwardOutput
 
-__all__ = ["model_p", "GEMM_COLUMNS", "GridPass", "grid_pass", "GridActivations", "grid_activations", "grid_forward"]
+__all__ = ["model_p", "GEMM_COLUMNS", "GridPass", "grid_pass", "grid_options", "GridActivations", "grid_activations",
+           "grid_forward"]
 
 
 def model_p(ds: xr.Dataset) -> int:
@@ -101,6 +104,36 @@ def grid_pass(ck: Checkpoint) -> GridPass:
     return ck.memo("grid_pass", lambda: _grid_pass(ck))
 
 
+def grid_options(attrs: Mapping, p: int, device: str | torch.device = "cpu") -> dict:
+    """The model variant and the operation coordinates of a trajectory, as options of :func:`grid_forward`.
+
+    ``attn_coeff`` is the recorded attention rate (``Config.attn_coeff``, default 1); ``b_tokens`` re-indexes b
+    for subtraction (-b mod p, :func:`mechgrok.tasks.discrete_log.coordinates`), so that every grid analysis
+    sees the label (a + b) mod p. Every operation but add is analysed after
+    :func:`mechgrok.tasks.discrete_log.coordinate_trajectory`, which re-indexes ``is_train`` alike (and, for
+    mul and div, the weights by discrete logarithms).
+
+    Raises
+    ------
+    AnalysisError
+        For a sub, mul or div trajectory not in its coordinates, or an unknown operation.
+
+    Examples
+    --------
+    >>> attrs = {"config_json": '{"operation": "sub", "attn_coeff": 0.5}', "operation_coordinates": "..."}
+    >>> grid_options(attrs, 5)["b_tokens"].tolist()
+    [0, 4, 3, 2, 1]
+    """
+    op = operation_of(attrs)
+    if op in ("sub", "mul", "div") and "operation_coordinates" not in attrs:  # is_train is re-indexed there too
+        raise AnalysisError(f"a {op} trajectory is analysed in its operation's coordinates: pass it through "
+                            "mechgrok.tasks.discrete_log.coordinate_trajectory first")
+    if op not in ("add", "sub"):
+        raise AnalysisError(f"unknown operation {op!r}; known: add, sub, mul, div")
+    b = None if op == "add" else torch.from_numpy(coordinates(p, op).b_tokens).to(device)
+    return {"attn_coeff": float(recorded(attrs, "attn_coeff", 1.0)), "b_tokens": b}
+
+
 def _grid_pass(ck: Checkpoint) -> GridPass:
     p = int(ck.attrs["p"])
     w = ck.weights
@@ -115,7 +148,7 @@ def _grid_pass(ck: Checkpoint) -> GridPass:
     caches = ck.needs & {"mlp_post", "attn", "resid_mid"}
     sums: dict[str, torch.Tensor] | None = {} if "neuron_sums" in ck.needs else None
     out = grid_forward({**w, "W_U": _LOCAL.W_U}, p, dtype=torch.float64, out=_LOCAL.logits, cache=caches,
-                       neuron_sums=sums)
+                       neuron_sums=sums, **ck.memo("grid_options", lambda: grid_options(ck.attrs, p, ck.device)))
     return GridPass(
         p=p,
         logits=out.logits[0, :, :p],
@@ -230,6 +263,8 @@ def grid_forward(
     dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None,
     neuron_sums: dict[str, torch.Tensor] | None = None,
+    attn_coeff: float = 1.0,
+    b_tokens: torch.Tensor | None = None,
 ) -> ForwardOutput:
     """Final-position forward pass on the whole p x p input grid ``[a, b, =]``, from per-token tables.
 
@@ -268,6 +303,13 @@ def grid_forward(
         activations are in cache, so they are never stored: ``plus``, ``minus`` (x, d_mlp): sums over the pairs
         with a + b = x and a - b = x (mod p); ``rows`` (a, d_mlp), ``cols`` (b, d_mlp): sums over b and over a;
         ``energy`` (d_mlp,): the sum of squares (:func:`mechgrok.analyses.modular.neurons.fve_from_sums`).
+    attn_coeff : float
+        The attention rate alpha of the Pizza family (``Config.attn_coeff``): attention = alpha * softmax +
+        (1 - alpha). Models without ``=`` (``W_pos`` of 2 rows, inputs ``[a, b]`` read out at b) are
+        recognised by their shapes; the pattern then has 2 positions.
+    b_tokens : torch.Tensor, optional
+        int64 (p,): the token at each grid column b (default: b itself); the operation coordinates of
+        :mod:`mechgrok.tasks.discrete_log` (subtraction: ``-b mod p``), so that the label is (a + b) mod p.
 
     Returns
     -------
@@ -308,7 +350,8 @@ def grid_forward(
         raise AnalysisError(f"unknown caches {bad}; choose from attn, mlp_post, resid_mid")
     if neuron_sums is not None and C != 1:
         raise AnalysisError(f"neuron_sums takes one checkpoint at a time, got {C}")
-    pattern = torch.empty(C, p, p, h, 3, dtype=dtype, device=out.device) if "attn" in caches else None
+    n_ctx = w["W_pos"].shape[-2]
+    pattern = torch.empty(C, p, p, h, n_ctx, dtype=dtype, device=out.device) if "attn" in caches else None
     post_all = torch.empty(C, p, p, f, dtype=dtype, device=out.device) if "mlp_post" in caches else None
     want_mid = "resid_mid" in caches
     mid_all = torch.empty(C, p, p, m, dtype=dtype, device=out.device) if want_mid else None
@@ -322,10 +365,10 @@ def grid_forward(
         wc = {k: v[c].to(dtype, copy=True, memory_format=torch.contiguous_format) for k, v in w.items()}
         _grid_checkpoint(wc, p, na, bufs, logits[c], None if pattern is None else pattern[c],
                          None if post_all is None else post_all[c], None if mid_all is None else mid_all[c],
-                         neuron_sums)
+                         neuron_sums, attn_coeff, b_tokens)
     res = ForwardOutput(logits=logits.flatten(1, 2).reshape(*lead, p * p, n_out))
     if pattern is not None:
-        res.attn_pattern = pattern.reshape(*lead, p * p, h, 3)
+        res.attn_pattern = pattern.reshape(*lead, p * p, h, n_ctx)
     if post_all is not None:
         res.mlp_post = post_all.reshape(*lead, p * p, f)
     if mid_all is not None:
@@ -333,7 +376,41 @@ def grid_forward(
     return res
 
 
-def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=None) -> None:
+def _tables_without_equals(w, p, want_mid, pattern, attn_coeff, b_tokens):
+    """The attention and per-token tables of :func:`_grid_checkpoint` for inputs ``[a, b]`` read out at b.
+
+    The query is b's (Zhong et al. 2023's models: no ``=`` token), so the score to a is bilinear in (a, b):
+    resid_mid[a, b] = x_1[b] + sum_h (A_h0(a, b) OV_h(x_0[a]) + A_h1(a, b) OV_h(x_1[b])), with A the softmax
+    over the two positions, alpha-mixed with 1 (``attn_coeff``). Returns A0, A1 (a, b, head), Y0 (a, head,
+    width), Y1 (b, head, width) and base (b, width): the x_1[b] terms, which vary with b.
+    """
+    W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_U, b_out = (
+        w[k] for k in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "b_in", "W_U", "b_out"))
+    h, m, d_head = W_Q.shape[0], W_E.shape[-1], W_Q.shape[-1]
+    x0 = W_E[:p] + W_pos[0]  # (a, d_model)
+    x1 = W_E[:p] + W_pos[1]  # (b, d_model)
+    x1 = x1 if b_tokens is None else x1[b_tokens]  # column j holds the token b_tokens[j] (operation coordinates)
+    q = torch.einsum("bm,hmd->bhd", x1, W_Q) / math.sqrt(d_head)
+    s0 = torch.einsum("ahd,bhd->abh", torch.einsum("am,hmd->ahd", x0, W_K), q)  # (a, b, head)
+    s1 = (torch.einsum("bm,hmd->bhd", x1, W_K) * q).sum(-1)[None]  # (1, b, head)
+    A0, A1 = torch.sigmoid(s0 - s1), torch.sigmoid(s1 - s0)  # the softmax over two positions
+    if attn_coeff != 1:
+        A0, A1 = A0 * attn_coeff + (1 - attn_coeff), A1 * attn_coeff + (1 - attn_coeff)
+    if pattern is not None:
+        pattern.copy_(torch.stack([A0, A1], -1))  # (a, b, head, pos)
+    OV = (W_V @ W_O).transpose(0, 1).reshape(m, h * m)  # (d_model, head * d_model)
+    outs = [W_in, W_U] + ([torch.eye(m, dtype=W_E.dtype, device=W_E.device)] if want_mid else [])
+
+    def table(x: torch.Tensor) -> torch.Tensor:  # (token, head, width)
+        ov = (x @ OV).reshape(x.shape[0] * h, m)
+        return torch.cat([ov @ W_ for W_ in outs], -1).view(x.shape[0], h, -1)
+
+    base = torch.cat([x1 @ W_in + b_in, (x1 + b_out) @ W_U] + ([x1] if want_mid else []), -1)
+    return A0, A1, table(x0), table(x1), base
+
+
+def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=None, attn_coeff=1.0,
+                     b_tokens=None) -> None:
     """:func:`grid_forward` for one checkpoint's weights ``w``; fills logits (a, b, n_out) and the caches."""
     W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = (w[k] for k in WEIGHT_NAMES)
     keep_post = post_all is not None
@@ -341,34 +418,42 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=No
     dtype = W_E.dtype
     h, d_head = W_Q.shape[0], W_Q.shape[-1]
     m, f, n_out = W_E.shape[-1], W_in.shape[-1], W_U.shape[-1]
-    x0 = W_E[:p] + W_pos[0]  # (p, d_model): token at position 0 (a); position 1 (b) adds W_pos[1] - W_pos[0]
-    xe = W_E[p] + W_pos[2]  # (d_model,): '=' at position 2
-    # attention scores from '=' to each (position, token); softmax over the 3 positions of every pair
-    q = torch.einsum("m,hmd->hd", xe, W_Q)
-    kq = torch.einsum("hmd,hd->mh", W_K, q) / math.sqrt(d_head)  # (d_model, head)
-    s0, s1, se = x0 @ kq, (x0 + (W_pos[1] - W_pos[0])) @ kq, xe @ kq  # (p, head), (p, head), (head,)
-    s0, s1 = s0[:, None], s1[None, :]  # broadcast to (a, b, head)
-    top = torch.maximum(torch.maximum(s0, s1), se)
-    e0, e1, e2 = torch.exp(s0 - top), torch.exp(s1 - top), torch.exp(se - top)
-    z = e0 + e1 + e2
-    A0 = e0.div_(z)  # (a, b, head): attention to a; to b batched over b; to '=' is 1 - A0 - A1
-    A1 = e1.div_(z)
-    if pattern is not None:
-        pattern.copy_(torch.stack([A0, A1, e2.div_(z)], -1))  # (a, b, head, pos)
-    A1t = A1.transpose(0, 1).contiguous()  # (b, a, head)
-    # per-token OV tables, through W_in (MLP input), W_U (direct logits) and, with cache, as they are;
-    # x_1[t] = x_0[t] + (W_pos[1] - W_pos[0]) and the tables are linear: one table of tokens plus two rows
-    OV = (W_V @ W_O).transpose(0, 1).reshape(m, h * m)  # (d_model, head * d_model)
-    rows = torch.cat([x0, (W_pos[1] - W_pos[0])[None], xe[None]])  # (p + 2, d_model)
-    ov = (rows @ OV).reshape((p + 2) * h, m)
-    outs = [W_in, W_U] + ([torch.eye(m, dtype=dtype, device=W_E.device)] if want_mid else [])
     width = f + n_out + (m if want_mid else 0)
-    # columns [MLP pre-activation | direct logits | resid_mid] of each (token, head) table, with the '=' term
-    # folded in through A_2 = 1 - A_0 - A_1: Y_i = table(x_i) - table(=), base = const + sum_h table(=)
-    tab = torch.cat([ov @ W_ for W_ in outs], -1).view(p + 2, h, width)
-    Y0 = tab[:p] - tab[p + 1]  # (p, head, width)
-    Y1 = Y0 + tab[p]
-    base = torch.cat([xe @ W_in + b_in, (xe + b_out) @ W_U] + ([xe] if want_mid else [])) + tab[p + 1].sum(0)
+    if W_pos.shape[0] == 2:  # inputs [a, b] read out at b, no '=' (the Pizza models)
+        A0, A1, Y0, Y1, base = _tables_without_equals(w, p, want_mid, pattern, attn_coeff, b_tokens)
+    else:
+        x0 = W_E[:p] + W_pos[0]  # (p, d_model): token at position 0 (a); position 1 (b) adds W_pos[1] - W_pos[0]
+        xe = W_E[p] + W_pos[2]  # (d_model,): '=' at position 2
+        # attention scores from '=' to each (position, token); softmax over the 3 positions of every pair
+        q = torch.einsum("m,hmd->hd", xe, W_Q)
+        kq = torch.einsum("hmd,hd->mh", W_K, q) / math.sqrt(d_head)  # (d_model, head)
+        s0, s1, se = x0 @ kq, (x0 + (W_pos[1] - W_pos[0])) @ kq, xe @ kq  # (p, head), (p, head), (head,)
+        s1 = s1 if b_tokens is None else s1[b_tokens]  # column j holds the token b_tokens[j] (operation coordinates)
+        s0, s1 = s0[:, None], s1[None, :]  # broadcast to (a, b, head)
+        top = torch.maximum(torch.maximum(s0, s1), se)
+        e0, e1, e2 = torch.exp(s0 - top), torch.exp(s1 - top), torch.exp(se - top)
+        z = e0 + e1 + e2
+        A0 = e0.div_(z)  # (a, b, head): attention to a; to b batched over b; to '=' is 1 - A0 - A1
+        A1 = e1.div_(z)
+        if attn_coeff != 1:  # alpha softmax + (1 - alpha) (Zhong et al. 2023): the weights sum to 3 - 2 alpha
+            A0.mul_(attn_coeff).add_(1 - attn_coeff)
+            A1.mul_(attn_coeff).add_(1 - attn_coeff)
+        if pattern is not None:
+            A2 = e2.div_(z) if attn_coeff == 1 else e2.div_(z) * attn_coeff + (1 - attn_coeff)
+            pattern.copy_(torch.stack([A0, A1, A2], -1))  # (a, b, head, pos)
+        # per-token OV tables, through W_in (MLP input), W_U (direct logits) and, with cache, as they are;
+        # x_1[t] = x_0[t] + (W_pos[1] - W_pos[0]) and the tables are linear: one table of tokens plus two rows
+        OV = (W_V @ W_O).transpose(0, 1).reshape(m, h * m)  # (d_model, head * d_model)
+        rows = torch.cat([x0, (W_pos[1] - W_pos[0])[None], xe[None]])  # (p + 2, d_model)
+        ov = (rows @ OV).reshape((p + 2) * h, m)
+        outs = [W_in, W_U] + ([torch.eye(m, dtype=dtype, device=W_E.device)] if want_mid else [])
+        # columns [MLP pre-activation | direct logits | resid_mid] of each (token, head) table, with the '=' term
+        # folded in through A_2 = 1 - A_0 - A_1: Y_i = table(x_i) - table(=), base = const + sum_h table(=)
+        tab = torch.cat([ov @ W_ for W_ in outs], -1).view(p + 2, h, width)
+        Y0 = tab[:p] - tab[p + 1]  # (p, head, width)
+        Y1 = Y0 + tab[p] if b_tokens is None else (Y0 + tab[p])[b_tokens]
+        base = torch.cat([xe @ W_in + b_in, (xe + b_out) @ W_U] + ([xe] if want_mid else [])) + (3 - 2 * attn_coeff) * tab[p + 1].sum(0)
+    A1t = A1.transpose(0, 1).contiguous()  # (b, a, head)
     W_logit = W_out @ W_U  # (d_mlp, n_out)
     buf, tb, post_buf = bufs
     # blocks of na values of a (all b): the block views are made up front, to keep the Python work per block small

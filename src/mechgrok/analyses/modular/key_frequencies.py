@@ -33,6 +33,7 @@ import xarray as xr
 
 from mechgrok.analyses.modular.grid import model_p
 from mechgrok.errors import AnalysisError
+from mechgrok.tasks.discrete_log import is_discrete_log
 from mechgrok.analyses.modular.fourier import check_odd_p
 from mechgrok.analyses.modular.fourier_norms import fourier_norms
 from mechgrok.analyses.modular.neurons import PAPER_FVE_THRESHOLD, neuron_clusters
@@ -102,7 +103,7 @@ def key_frequencies(
         If p is missing or even, the reference epoch is not a checkpoint, an option is out of range, or the
         given ``clusters`` lack the reference checkpoint or used another threshold.
     """
-    p = check_odd_p(model_p(ds))
+    p = check_odd_p(model_p(ds), even_order=is_discrete_log(ds.attrs))
     n_freq = (p - 1) // 2
     if not 0 <= min_cluster_share <= 1 or min_logit_share_factor < 0:
         raise AnalysisError("min_cluster_share must lie in [0, 1] and min_logit_share_factor be >= 0")
@@ -147,15 +148,15 @@ def key_frequencies(
         {
             "key_freqs": (("key_freq",), key.astype(np.int64), {"description": "the key frequencies"}),
             "n_neurons": (("freq",), n_neurons, {"description": f"neurons in the cluster (FVE >= {threshold})"}),
-            "neuron_share": (("freq",), neuron_share, {"units": "fraction"}),
+            "neuron_share": (("freq",), neuron_share, {"description": "share of the neurons in the cluster", "units": "fraction"}),
             "W_E_share": (("freq",), W_E_share, {"description": "share of W_E's squared Fourier norm", "units": "fraction"}),
             "W_logit_share": (("freq",), W_logit_share, {"description": "share of W_logit's squared Fourier norm", "units": "fraction"}),
             "literal": (("freq",), literal, {"description": "argmax frequency of at least one neuron (paper code's rule)"}),
             "is_key": (("freq",), is_key, {"description": rule}),
             "agree": ((), bool(agree_neurons and agree_W_E and agree_W_logit), {"description": "all three sources rank K on top"}),
-            "agree_neurons": ((), bool(agree_neurons)),
-            "agree_W_E": ((), bool(agree_W_E)),
-            "agree_W_logit": ((), bool(agree_W_logit)),
+            "agree_neurons": ((), bool(agree_neurons), {"description": "the largest neuron clusters are K"}),
+            "agree_W_E": ((), bool(agree_W_E), {"description": "the largest W_E Fourier shares are at K"}),
+            "agree_W_logit": ((), bool(agree_W_logit), {"description": "the largest W_logit Fourier shares are at K"}),
         },
         coords={"freq": freqs, "key_freq": key.astype(np.int64)},
         attrs={

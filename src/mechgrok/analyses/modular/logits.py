@@ -94,7 +94,7 @@ def _coefficients_dataset(v: dict[str, np.ndarray], checkpoint: np.ndarray) -> x
     return xr.Dataset(
         {
             "alpha": (("checkpoint", "freq"), alpha, {"description": "<C_k, L>, C_k = cos(w_k (a+b-c)) / |.|_F", "units": "logits"}),
-            "cos_sim": (("checkpoint", "freq"), cos_sim, {"description": "alpha / |L|_F"}),
+            "cos_sim": (("checkpoint", "freq"), cos_sim, {"description": "alpha / |L|_F", "units": "cosine"}),
             "logit_norm_sq": (("checkpoint",), norm_sq, {"description": "|L|_F^2 (uncentred)", "units": "logits^2"}),
             "logit_var_sq": (("checkpoint",), var_sq, {"description": "|L - mean(L)|_F^2", "units": "logits^2"}),
         },

@@ -40,6 +40,7 @@ from mechgrok.analyses.modular.fourier import check_odd_p, grid_p, residues, tri
 from mechgrok.analyses.modular.grid import grid_pass, model_p
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
+from mechgrok.tasks.discrete_log import is_discrete_log
 from mechgrok.models.transformer import WEIGHT_NAMES
 
 __all__ = [
@@ -119,7 +120,7 @@ def fve_from_sums(
     return torch.where(total[..., None] > 0, block / total[..., None].clamp_min(1e-300), torch.zeros_like(block))
 
 
-def frequency_fve(mlp_post: xr.DataArray) -> xr.DataArray:
+def frequency_fve(mlp_post: xr.DataArray, *, even_order: bool = False) -> xr.DataArray:
     """FVE of each neuron by each frequency's 3 x 3 Fourier block (vectorised over checkpoints and neurons).
 
     Parameters
@@ -127,6 +128,8 @@ def frequency_fve(mlp_post: xr.DataArray) -> xr.DataArray:
     mlp_post : xarray.DataArray
         (checkpoint, a, b, d_mlp) activations over the whole grid (as from
         :func:`mechgrok.analyses.modular.grid.grid_activations`); any dim order, odd p.
+    even_order : bool
+        Accept an even p (the discrete-log coordinates of mul and div, :mod:`mechgrok.tasks.discrete_log`).
 
     Returns
     -------
@@ -140,7 +143,7 @@ def frequency_fve(mlp_post: xr.DataArray) -> xr.DataArray:
         If a dim is missing or p is even.
     """
     need = ("checkpoint", "a", "b", "d_mlp")
-    p = grid_p(mlp_post, need, "mlp_post")
+    p = grid_p(mlp_post, need, "mlp_post", even_order=even_order)
     X = torch.from_numpy(np.asarray(mlp_post.transpose(*need).values, dtype=np.float64))
     fve = fve_by_frequency(X.reshape(X.shape[0], p * p, X.shape[-1]), p).numpy()
     return _fve_array(fve, mlp_post["checkpoint"].values)
@@ -227,7 +230,7 @@ def neuron_clusters(
     >>> sorted(set(cl["cluster"].values.ravel().tolist()) - {-1})
     [9, 17, 25]
     """
-    check_odd_p(model_p(ds))
+    check_odd_p(model_p(ds), even_order=is_discrete_log(ds.attrs))
     return run(ds, [NeuronClusters(threshold=threshold)], chunk=chunk, device=device)["neurons"]
 
 

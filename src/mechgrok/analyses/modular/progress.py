@@ -35,7 +35,7 @@ from mechgrok.analyses.measures import SumSquaredWeights
 from mechgrok.analyses.modular.ablation import Ablation
 from mechgrok.analyses.modular.fourier_gini import gini_dataset
 from mechgrok.analyses.modular.fourier_norms import FourierNorms
-from mechgrok.engine import DEFAULT_CHUNK, run
+from mechgrok.engine import DEFAULT_CHUNK, Progress, run
 
 
 __all__ = ["progress_measures"]
@@ -53,6 +53,7 @@ def progress_measures(
     chunk: int = DEFAULT_CHUNK,
     device: str | torch.device | None = "cpu",
     workers: int = 1,
+    progress: Progress | bool | None = None,
 ) -> xr.Dataset:
     """The paper's progress measures at every checkpoint, from one float64 forward pass per checkpoint.
 
@@ -89,6 +90,9 @@ def progress_measures(
         a checkpoint need no synchronisation between cores; this can help on a machine shared with other jobs.
         The default (1) computes one checkpoint at a time with torch's own threads, which measured faster on an
         idle 2-core machine. The results do not depend on it.
+    progress : callable or bool, optional
+        ``progress(stage, done, total)`` after each chunk of checkpoints, or True for a rich bar
+        (:func:`mechgrok.engine.run`).
 
     Returns
     -------
@@ -129,7 +133,7 @@ def progress_measures(
         FourierNorms.for_trajectory(ds),
         SumSquaredWeights.for_trajectory(ds),
     ]
-    res = run(ds, kernels, chunk=chunk, device=device, workers=workers)
+    res = run(ds, kernels, chunk=chunk, device=device, workers=workers, progress=progress, stage="progress measures")
     losses, norms = res["ablation"], res["fourier_norms"]
     out = xr.merge([losses, gini_dataset(norms), res["sum_sq_weights"], norms], combine_attrs="drop", join="exact")
     out["checkpoint"].attrs = dict(ds["checkpoint"].attrs)

@@ -1,0 +1,232 @@
+"""Alignment of token-indexed vectors with the 2-D Fourier subspaces, at every checkpoint (beyond.md 3.4).
+
+The mod-add analogue of the vector-competition toy (:mod:`mechgrok.toys.vector_competition`): "vectors" are
+token-indexed maps w in R^p (the ``=`` token dropped), in four **families**:
+
+``neuron_in`` (dims ``neuron``)
+    each neuron's direct input map, column j of W_E[:p] W_in (p, d_mlp);
+``neuron_ov`` (dims ``head``, ``neuron``)
+    each neuron's OV-path map through head h, column j of W_neur[h] = W_E[:p] W_V[h] W_O[h] W_in (paper.md 3.6);
+``W_E_rows`` (dims ``d_model``)
+    each residual coordinate as a function of the token, column m of W_E[:p];
+``W_E_pca`` (dims ``component``)
+    the principal directions of W_E[:p] = U S V^T, u_i s_i for the ``n_components`` largest singular values, in
+    order of the singular value at each checkpoint (their identity is not tracked across checkpoints).
+
+The **targets** are the 2-D Fourier subspaces F_k = span{cos k, sin k} of the orthonormal basis of
+:func:`mechgrok.analyses.modular.fourier.fourier_basis`, k = 1..(p-1)/2:
+
+* power ``||P_{F_k} w_j||^2 = (F_{2k-1} . w_j)^2 + (F_{2k} . w_j)^2``;
+* alignment ``A_jk = ||P_{F_k} w_j|| / ||w_j||`` (``||w_j||`` includes the constant component);
+* aggregate ``N_k = sum_j ||P_{F_k} w_j||^2``; for ``W_E_rows`` it is the squared per-frequency embedding norm
+  n_{cos k}^2 + n_{sin k}^2 (:mod:`~mechgrok.analyses.modular.fourier_norms`, paper.md 3.2);
+* per-vector spectrum q_jk = power_jk / sum_k power_jk, its **spectral entropy** H_j = -sum_k q_jk ln q_jk
+  (nats; 0 for one frequency, ln((p-1)/2) for a flat spectrum) and **dominant frequency** argmax_k power_jk
+  (beyond.md 4.2-4.3).
+
+Per-vector arrays are stored as float32 (they are large: (head, d_mlp, freq) per checkpoint); the aggregates N_k
+and the family norms are summed in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from mechgrok.analyses.modular.fourier import check_odd_p, fourier_basis
+from mechgrok.analyses.modular.grid import model_p
+from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
+from mechgrok.errors import AnalysisError
+
+__all__ = ["FAMILIES", "FAMILY_DIMS", "FrequencyAlignment", "frequency_alignment"]
+
+#: The vector families and the trajectory weights each needs.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "neuron_in": ("W_E", "W_in"),
+    "neuron_ov": ("W_E", "W_V", "W_O", "W_in"),
+    "W_E_rows": ("W_E",),
+    "W_E_pca": ("W_E",),
+}
+
+#: The dims that index the vectors of each family.
+FAMILY_DIMS: dict[str, tuple[str, ...]] = {
+    "neuron_in": ("neuron",),
+    "neuron_ov": ("head", "neuron"),
+    "W_E_rows": ("d_model",),
+    "W_E_pca": ("component",),
+}
+
+_WHAT = {
+    "neuron_in": "neuron j's direct input map (W_E[:p] W_in)[:, j]",
+    "neuron_ov": "neuron j's OV-path map through head h, (W_E[:p] W_V[h] W_O[h] W_in)[:, j]",
+    "W_E_rows": "residual coordinate m of the embedding, W_E[:p, m]",
+    "W_E_pca": "principal direction i of W_E[:p], u_i s_i",
+}
+
+
+def frequency_alignment(
+    ds: xr.Dataset,
+    *,
+    families: tuple[str, ...] = tuple(FAMILIES),
+    n_components: int = 8,
+    chunk: int = DEFAULT_CHUNK,
+) -> xr.Dataset:
+    """Per-vector Fourier alignments A_jk(t) and per-frequency aggregates N_k(t) of the vector families.
+
+    beyond.md 3.4 (a proposal, following the comment thread of Jermyn & Shlegeris 2022); the spectral entropy
+    and dominant frequency of beyond.md 4.2-4.3.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Canonical one-layer trajectory with an odd ``attrs["p"]`` and the weights the families need.
+    families : tuple of str
+        Any of ``"neuron_in"``, ``"neuron_ov"``, ``"W_E_rows"``, ``"W_E_pca"`` (default all).
+    n_components : int
+        Principal directions of W_E kept in ``W_E_pca`` (at most min(p, d_model)).
+    chunk : int
+        Checkpoints read at once.
+
+    Returns
+    -------
+    xarray.Dataset
+        For each family f (vector dims as in :data:`FAMILY_DIMS`), over ``checkpoint`` (epochs) and ``freq``
+        (k = 1..(p-1)/2): ``f_power`` (checkpoint, *vec, freq): ||P_{F_k} w_j||^2 (weight^2, float32);
+        ``f_alignment`` (checkpoint, *vec, freq): A_jk (fraction of the norm, float32); ``f_N``
+        (checkpoint, freq): N_k (weight^2); ``f_norm_sq`` (checkpoint,): sum_j ||w_j||^2 (weight^2);
+        ``f_entropy`` (checkpoint, *vec): spectral entropy (nats); ``f_dominant_freq`` (checkpoint, *vec).
+
+    Raises
+    ------
+    AnalysisError
+        If p is missing or even, a family is unknown, or a weight is missing.
+
+    Examples
+    --------
+    A planted embedding whose coordinate 0 is cos(2 pi 3 x / 7):
+
+    >>> import numpy as np, xarray as xr
+    >>> W_E = np.zeros((1, 8, 2)); W_E[0, :7, 0] = np.cos(2 * np.pi * 3 * np.arange(7) / 7)
+    >>> ds = xr.Dataset({"W_E": (("checkpoint", "vocab", "d_model"), W_E)}, coords={"checkpoint": [0]},
+    ...                 attrs={"p": 7})
+    >>> fa = frequency_alignment(ds, families=("W_E_rows",))
+    >>> fa["W_E_rows_alignment"].sel(d_model=0).round(6).values.tolist(), int(fa["W_E_rows_dominant_freq"][0, 0])
+    ([[0.0, 0.0, 1.0]], 3)
+    """
+    k = FrequencyAlignment.for_trajectory(ds, families=families, n_components=n_components)
+    return run(ds, [k], chunk=chunk, device="cpu")[k.name]
+
+
+@dataclass
+class FrequencyAlignment:
+    """Engine kernel (:mod:`mechgrok.engine`): Fourier powers of the vector families of one checkpoint."""
+
+    p: int
+    families: tuple[str, ...]
+    n_components: int = 8
+    name: str = "frequency_alignment"
+    weights: tuple[str, ...] | None = ()
+    needs: frozenset[str] = frozenset()
+
+    @classmethod
+    def for_trajectory(
+        cls, ds: xr.Dataset, *, families: tuple[str, ...] = tuple(FAMILIES), n_components: int = 8
+    ) -> "FrequencyAlignment":
+        """The kernel for a trajectory.
+
+        Raises
+        ------
+        AnalysisError
+            If p is missing or even, a family is unknown or ``n_components`` < 1.
+        """
+        p = check_odd_p(model_p(ds))
+        bad = [f for f in families if f not in FAMILIES]
+        if bad or not families:
+            raise AnalysisError(f"unknown vector families {bad}; known: {', '.join(FAMILIES)}")
+        if int(n_components) < 1:
+            raise AnalysisError(f"n_components must be >= 1, got {n_components}")
+        need = sorted({w for f in families for w in FAMILIES[f]})
+        n_comp = int(n_components)
+        if "W_E_pca" in families and "W_E" in ds:
+            n_comp = min(n_comp, p, int(ds.sizes.get("d_model", n_comp)))
+        return cls(p=p, families=tuple(families), n_components=n_comp, weights=tuple(need))
+
+    def _basis(self) -> torch.Tensor:
+        F = getattr(self, "_F", None)
+        if F is None:
+            F = torch.from_numpy(np.ascontiguousarray(fourier_basis(self.p).values, dtype=np.float64))
+            self._F = F
+        return F
+
+    def vectors(self, w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The vectors of each family as columns, (p, *vec) float64, from one checkpoint's weights (shapes (1, ...))."""
+        p = self.p
+        W_E = w["W_E"][0, :p].to("cpu", torch.float64)  # (p, d_model)
+        out: dict[str, torch.Tensor] = {}
+        if "neuron_in" in self.families:
+            out["neuron_in"] = W_E @ w["W_in"][0].to("cpu", torch.float64)  # (p, d_mlp)
+        if "neuron_ov" in self.families:
+            VO = w["W_V"][0].to("cpu", torch.float64) @ w["W_O"][0].to("cpu", torch.float64)  # (head, d_model, d_model)
+            ov = W_E @ VO @ w["W_in"][0].to("cpu", torch.float64)  # (head, p, d_mlp)
+            out["neuron_ov"] = ov.permute(1, 0, 2)  # (p, head, d_mlp)
+        if "W_E_rows" in self.families:
+            out["W_E_rows"] = W_E
+        if "W_E_pca" in self.families:
+            U, S, _ = torch.linalg.svd(W_E, full_matrices=False)
+            out["W_E_pca"] = U[:, : self.n_components] * S[: self.n_components]
+        return out
+
+    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+        F = self._basis()
+        K = (self.p - 1) // 2
+        res: dict[str, np.ndarray] = {}
+        for fam, v in self.vectors(ck.weights).items():
+            shape = v.shape[1:]
+            hat = F @ v.reshape(self.p, -1)  # (fourier, n)
+            power = hat[1:].reshape(K, 2, -1).square().sum(1)  # (freq, n), float64
+            nsq = v.reshape(self.p, -1).square().sum(0)
+            res[f"{fam}_power"] = power.T.reshape(*shape, K).numpy().astype(np.float32)  # large: kept as float32
+            res[f"{fam}_norm_sq_vec"] = nsq.reshape(shape).numpy().astype(np.float32)
+            res[f"{fam}_N"] = power.sum(1).numpy()  # float64 sums
+            res[f"{fam}_norm_sq"] = float(nsq.sum())
+        return res
+
+    def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
+        K = (self.p - 1) // 2
+        data: dict[str, tuple] = {}
+        for fam in self.families:
+            vd = FAMILY_DIMS[fam]
+            power = values[f"{fam}_power"]  # (checkpoint, *vec, freq) float32
+            nsq = values[f"{fam}_norm_sq_vec"]  # (checkpoint, *vec) float32
+            with np.errstate(invalid="ignore", divide="ignore"):
+                align = np.sqrt(power / nsq[..., None])
+                tot = power.sum(-1, keepdims=True, dtype=np.float64)
+                q = power / np.where(tot > 0, tot, 1.0).astype(np.float32)
+                ent = -(q * np.log(np.where(q > 0, q, 1.0))).sum(-1, dtype=np.float64)
+            what = _WHAT[fam]
+            dims = ("checkpoint", *vd, "freq")
+            data[f"{fam}_power"] = (dims, power, {
+                "units": "weight^2", "description": f"||P_F_k w_j||^2, w_j = {what}"})
+            data[f"{fam}_alignment"] = (dims, np.nan_to_num(align).astype(np.float32), {
+                "units": "fraction", "description": f"A_jk = ||P_F_k w_j|| / ||w_j||, w_j = {what}"})
+            data[f"{fam}_N"] = (("checkpoint", "freq"), values[f"{fam}_N"], {
+                "units": "weight^2", "description": f"N_k = sum_j ||P_F_k w_j||^2 over {fam} vectors"})
+            data[f"{fam}_norm_sq"] = (("checkpoint",), values[f"{fam}_norm_sq"], {
+                "units": "weight^2", "description": f"sum_j ||w_j||^2 over {fam} vectors (constant component included)"})
+            data[f"{fam}_entropy"] = (("checkpoint", *vd), ent.astype(np.float32), {
+                "units": "nats", "description": "spectral entropy -sum_k q_jk ln q_jk, q_jk = power_jk / sum_k power_jk"})
+            data[f"{fam}_dominant_freq"] = (("checkpoint", *vd), power.argmax(-1).astype(np.int64) + 1, {
+                "units": "", "description": "argmax_k ||P_F_k w_j||^2"})
+        coords = {"checkpoint": ("checkpoint", np.asarray(checkpoint.values), dict(checkpoint.attrs)),
+                  "freq": np.arange(1, K + 1)}
+        return xr.Dataset(data, coords=coords, attrs={
+            "title": "mechgrok Fourier alignment of vector families",
+            "families": list(self.families),
+            "n_components": int(self.n_components),
+            "p": int(self.p),
+            "basis": "orthonormal Fourier basis, F_k = span{cos k, sin k}; the '=' token dropped",
+            "source": "after Jermyn & Shlegeris 2022, Multi-Component Learning and S-Curves (alignment A_jk, aggregate N_k); spectral entropy and dominant frequency",
+        })
