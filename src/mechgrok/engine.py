@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.errors import AnalysisError
+from mechgrok.errors import AnalysisError, StoreError
 from mechgrok.models.transformer import WEIGHT_NAMES
 
 __all__ = [
@@ -231,12 +231,23 @@ def checkpoint_weights(
     ------
     AnalysisError
         If a weight is missing.
+    StoreError
+        If a lazily opened store cannot be read here (a damaged or missing chunk), naming the store.
     """
     names = list(WEIGHT_NAMES if names is None else names)
     missing = [n for n in names if n not in ds]
     if missing:
         raise AnalysisError(f"the trajectory lacks weights {missing}")
-    return {n: torch.from_numpy(np.ascontiguousarray(ds[n].values)).to(device=device, dtype=dtype) for n in names}
+    out = {}
+    for n in names:
+        try:  # lazy variables are read from their store here: a damaged chunk surfaces now, not at open
+            values = np.ascontiguousarray(ds[n].values)
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+            source = ds[n].encoding.get("source") or ds.attrs.get("source_files")
+            raise StoreError(f"cannot read {n} at checkpoints {ds['checkpoint'].values.tolist()[:8]}: "
+                             f"{type(exc).__name__}: {exc}", path=source) from exc
+        out[n] = torch.from_numpy(values).to(device=device, dtype=dtype)
+    return out
 
 
 _MALLOC_TRIM: Any = None

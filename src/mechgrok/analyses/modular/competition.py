@@ -152,6 +152,25 @@ def frequency_switches(
     )
 
 
+#: Vectors per call of :func:`find_bumps` in :func:`vector_competition`: the detector works in float64 on whole
+#: series, so the 2,048 OV-path vectors (x 56 frequencies x 401 checkpoints) at once took several GB.
+_VECTOR_BLOCK = 128
+
+
+def _vector_bumps(A: np.ndarray, epochs: np.ndarray, freqs: np.ndarray, **options) -> tuple[np.ndarray, np.ndarray]:
+    """``is_bump`` and ``realigns_to`` (vector, freq) of every alignment series A (checkpoint, vector, freq), by
+    :func:`find_bumps` on blocks of vectors (each series is judged alone, so blocks change nothing)."""
+    is_bump = np.zeros(A.shape[1:], dtype=bool)
+    realigns_to = np.zeros(A.shape[1:], dtype=np.asarray(freqs).dtype)
+    for lo in range(0, A.shape[1], _VECTOR_BLOCK):
+        block = xr.DataArray(A[:, lo : lo + _VECTOR_BLOCK], dims=("checkpoint", "vector", "freq"),
+                             coords={"checkpoint": epochs, "freq": freqs})
+        ab = find_bumps(block, dim="checkpoint", target_dim="freq", **options)
+        is_bump[lo : lo + _VECTOR_BLOCK] = ab["is_bump"].transpose("vector", "freq").values
+        realigns_to[lo : lo + _VECTOR_BLOCK] = ab["realigns_to"].transpose("vector", "freq").values
+    return is_bump, realigns_to
+
+
 def _flux(align: np.ndarray, kidx: np.ndarray) -> np.ndarray:
     """Phi[t, k, k'] = sum_j max(0, -dA_jk) max(0, dA_jk') over interval t-1 -> t (0 at t = 0); A (T, J, K)."""
     dA = np.diff(align[:, :, kidx].astype(np.float64), axis=0)
@@ -255,12 +274,10 @@ def vector_competition(
         N = xr.DataArray(N_vals, dims=("checkpoint", "freq"), coords={"checkpoint": epochs, "freq": freqs},
                          attrs={"units": "weight^2"})
         nb = find_bumps(N, dim="checkpoint", min_relative=min_relative, noise_factor=noise_factor)
-        ab = find_bumps(xr.DataArray(A, dims=("checkpoint", "vector", "freq"), coords={"checkpoint": epochs, "freq": freqs}),
-                        dim="checkpoint", min_relative=min_relative, noise_factor=noise_factor, target_dim="freq")
-        a_bump = ab["is_bump"].values  # (vector, freq)
+        a_bump, a_to = _vector_bumps(A, epochs, freqs, min_relative=min_relative, noise_factor=noise_factor)
         realign_mat = np.zeros((len(freqs), len(freqs)), dtype=np.int64)
         vi, ki = np.nonzero(a_bump)
-        np.add.at(realign_mat, (ki, np.searchsorted(freqs, ab["realigns_to"].values[vi, ki])), 1)
+        np.add.at(realign_mat, (ki, np.searchsorted(freqs, a_to[vi, ki])), 1)
         flux = _flux(A, kidx)
         te = T - 1
         for i, k in zip(kidx, keys):

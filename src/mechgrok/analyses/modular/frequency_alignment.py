@@ -188,10 +188,19 @@ class FrequencyAlignment:
             hat = F @ v.reshape(self.p, -1)  # (fourier, n)
             power = hat[1:].reshape(K, 2, -1).square().sum(1)  # (freq, n), float64
             nsq = v.reshape(self.p, -1).square().sum(0)
-            res[f"{fam}_power"] = power.T.reshape(*shape, K).numpy().astype(np.float32)  # large: kept as float32
-            res[f"{fam}_norm_sq_vec"] = nsq.reshape(shape).numpy().astype(np.float32)
+            pw = power.T.reshape(*shape, K).numpy().astype(np.float32)  # large: kept as float32
+            res[f"{fam}_power"] = pw
             res[f"{fam}_N"] = power.sum(1).numpy()  # float64 sums
             res[f"{fam}_norm_sq"] = float(nsq.sum())
+            # the per-vector derived values here, checkpoint by checkpoint: over a whole trajectory their
+            # temporaries would be several times the (checkpoint, head, d_mlp, freq) power array
+            nsq_v = nsq.reshape(shape).numpy().astype(np.float32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                res[f"{fam}_alignment"] = np.nan_to_num(np.sqrt(pw / nsq_v[..., None])).astype(np.float32)
+                tot = pw.sum(-1, keepdims=True, dtype=np.float64)
+                q = pw / np.where(tot > 0, tot, 1.0).astype(np.float32)
+                res[f"{fam}_entropy"] = (-(q * np.log(np.where(q > 0, q, 1.0))).sum(-1, dtype=np.float64)).astype(np.float32)
+            res[f"{fam}_dominant_freq"] = pw.argmax(-1).astype(np.int64) + 1
         return res
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
@@ -200,25 +209,19 @@ class FrequencyAlignment:
         for fam in self.families:
             vd = FAMILY_DIMS[fam]
             power = values[f"{fam}_power"]  # (checkpoint, *vec, freq) float32
-            nsq = values[f"{fam}_norm_sq_vec"]  # (checkpoint, *vec) float32
-            with np.errstate(invalid="ignore", divide="ignore"):
-                align = np.sqrt(power / nsq[..., None])
-                tot = power.sum(-1, keepdims=True, dtype=np.float64)
-                q = power / np.where(tot > 0, tot, 1.0).astype(np.float32)
-                ent = -(q * np.log(np.where(q > 0, q, 1.0))).sum(-1, dtype=np.float64)
             what = _WHAT[fam]
             dims = ("checkpoint", *vd, "freq")
             data[f"{fam}_power"] = (dims, power, {
                 "units": "weight^2", "description": f"||P_F_k w_j||^2, w_j = {what}"})
-            data[f"{fam}_alignment"] = (dims, np.nan_to_num(align).astype(np.float32), {
+            data[f"{fam}_alignment"] = (dims, values[f"{fam}_alignment"], {
                 "units": "fraction", "description": f"A_jk = ||P_F_k w_j|| / ||w_j||, w_j = {what}"})
             data[f"{fam}_N"] = (("checkpoint", "freq"), values[f"{fam}_N"], {
                 "units": "weight^2", "description": f"N_k = sum_j ||P_F_k w_j||^2 over {fam} vectors"})
             data[f"{fam}_norm_sq"] = (("checkpoint",), values[f"{fam}_norm_sq"], {
                 "units": "weight^2", "description": f"sum_j ||w_j||^2 over {fam} vectors (constant component included)"})
-            data[f"{fam}_entropy"] = (("checkpoint", *vd), ent.astype(np.float32), {
+            data[f"{fam}_entropy"] = (("checkpoint", *vd), values[f"{fam}_entropy"], {
                 "units": "nats", "description": "spectral entropy -sum_k q_jk ln q_jk, q_jk = power_jk / sum_k power_jk"})
-            data[f"{fam}_dominant_freq"] = (("checkpoint", *vd), power.argmax(-1).astype(np.int64) + 1, {
+            data[f"{fam}_dominant_freq"] = (("checkpoint", *vd), values[f"{fam}_dominant_freq"], {
                 "units": "", "description": "argmax_k ||P_F_k w_j||^2"})
         coords = {"checkpoint": ("checkpoint", np.asarray(checkpoint.values), dict(checkpoint.attrs)),
                   "freq": np.arange(1, K + 1)}
