@@ -349,9 +349,12 @@ def run(
             report(stage, start + c, n)
     out = {}
     for k in kernels:
-        rows = values[k.name]
-        stacked = {key: np.stack([np.asarray(r[key]) for r in rows]) for key in rows[0]}
+        rows = values.pop(k.name)
+        # key by key, each checkpoint's array released once stacked: at most one key is held twice
+        stacked = {key: np.stack([np.asarray(r.pop(key)) for r in rows]) for key in list(rows[0])}
+        del rows
         out[k.name] = k.assemble(stacked, ds["checkpoint"])
+        del stacked
     return out
 
 

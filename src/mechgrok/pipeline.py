@@ -265,8 +265,9 @@ def analyze(
             m = xr.merge([g, res["sum_sq_weights"]], combine_attrs="drop_conflicts")  # keeps the variables' attrs
             m.attrs = {**g.attrs, "title": "mechgrok weight measures (Gini of Fourier norms, sum of squared weights)"}
             groups["measures"] = m
-        if "competition" in todo:
-            groups["competition"] = competition_dataset(res["frequency_alignment"], key_freqs=key_freqs)
+        if "competition" in todo:  # the per-vector alignments (hundreds of MB at the paper's size) end here
+            groups["competition"] = competition_dataset(res.pop("frequency_alignment"), key_freqs=key_freqs)
+        del res
     if "slingshots" in todo:
         finite = int(ds["loss_train"].count()) if "loss_train" in ds else 0
         if finite >= 3:
