@@ -16,7 +16,7 @@ from typing import Any
 
 from mechgrok.errors import ConfigError
 
-__all__ = ["Config", "OPERATIONS", "PRESETS", "preset", "recorded"]
+__all__ = ["Config", "JsonConfig", "OPERATIONS", "PRESETS", "preset", "recorded"]
 
 #: Operations the task module knows, by name: (a + b), (a - b), (a * b) mod p and (a / b) mod p (b = 1..p-1)
 #: (``mechgrok.tasks.modular_arithmetic``; for mul and div the Fourier analyses use discrete-log coordinates,
@@ -27,8 +27,64 @@ OPERATIONS = ("add", "sub", "mul", "div")
 LOSS_DTYPES = ("float64", "float32")
 
 
+class JsonConfig:
+    """What every run configuration shares (``Config`` here, ``SequenceConfig`` of the sequence tasks): a frozen
+    dataclass written to ``config.json`` as one JSON object, read back refusing unknown keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a plain dict (betas as a list)."""
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def to_json(self) -> str:
+        """The configuration as one JSON string (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str | Path | None = None):
+        """Build a configuration from a dict, refusing unknown keys.
+
+        Raises
+        ------
+        ConfigError
+            On unknown keys or invalid values; the message names ``source`` where given.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}", path=source)
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(e.reason, path=source) from None
+        except (TypeError, ValueError, OverflowError) as e:  # a value of the wrong type ("x" for a float, ...)
+            raise ConfigError(str(e), path=source) from None
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str | Path | None = None):
+        """Parse :meth:`to_json` output.
+
+        Raises
+        ------
+        ConfigError
+            If the text is not a JSON object or holds an invalid configuration.
+        """
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"not valid JSON: {e}", path=source) from None
+        if not isinstance(d, dict):
+            raise ConfigError("the config must be a JSON object", path=source)
+        return cls.from_dict(d, source=source)
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class Config:
+class Config(JsonConfig):
     """Configuration of one training run; JSON-serialisable.
 
     Attributes
@@ -174,58 +230,6 @@ class Config:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.n_train < 1 or self.n_train >= self.n_pairs:
             raise ConfigError(f"frac_train={self.frac_train} leaves an empty train or test split for p={self.p}")
-
-    # Serialisation -------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as a plain dict (betas as a list)."""
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    def to_json(self) -> str:
-        """The configuration as one JSON string (sorted keys)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str | Path | None = None) -> Config:
-        """Build a configuration from a dict, refusing unknown keys.
-
-        Raises
-        ------
-        ConfigError
-            On unknown keys or invalid values; the message names ``source`` where given.
-        """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(unknown)}", path=source)
-        try:
-            return cls(**d)
-        except ConfigError as e:
-            raise ConfigError(e.reason, path=source) from None
-        except (TypeError, ValueError, OverflowError) as e:  # a value of the wrong type ("x" for a float, ...)
-            raise ConfigError(str(e), path=source) from None
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str | Path | None = None) -> Config:
-        """Parse :meth:`to_json` output.
-
-        Raises
-        ------
-        ConfigError
-            If the text is not a JSON object or holds an invalid configuration.
-        """
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"not valid JSON: {e}", path=source) from None
-        if not isinstance(d, dict):
-            raise ConfigError("the config must be a JSON object", path=source)
-        return cls.from_dict(d, source=source)
-
-    def replace(self, **changes: Any) -> Config:
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)
 
 
 #: Named configurations. ``paper`` is the mainline run of Nanda et al.; ``quick`` groks in 2-3 minutes on one CPU

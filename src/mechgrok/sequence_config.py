@@ -34,11 +34,10 @@ every step instead), every ``test_every`` epochs.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from mechgrok.config import JsonConfig
 from mechgrok.errors import ConfigError
 from mechgrok.models.causal_transformer import SequenceModelSizes
 from mechgrok.tasks import digit_addition
@@ -50,7 +49,7 @@ SEQUENCE_TASKS: tuple[str, ...] = ("digit_addition", "repeated_subsequences")
 
 
 @dataclass(frozen=True)
-class SequenceConfig:
+class SequenceConfig(JsonConfig):
     """One training run of a sequence task; JSON-serialisable.
 
     Attributes
@@ -140,39 +139,6 @@ class SequenceConfig:
         vin, vout = (12, 10) if self.task == "digit_addition" else (self.vocab_size, self.vocab_size)
         return SequenceModelSizes(self.n_layers, self.d_model, self.n_heads, self.d_head, self.d_mlp, self.n_ctx,
                                   vin, vout, self.doubled_residual)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as a plain dict."""
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    def to_json(self) -> str:
-        """One JSON string (sorted keys)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str | Path | None = None) -> SequenceConfig:
-        """Build from a dict, refusing unknown keys.
-
-        Raises
-        ------
-        ConfigError
-            On unknown keys or invalid values (the message names ``source``).
-        """
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(unknown)}", path=source)
-        try:
-            return cls(**d)
-        except ConfigError as e:
-            raise ConfigError(e.reason, path=source) from None
-        except (TypeError, ValueError, OverflowError) as e:  # a value of the wrong type ("x" for a float, ...)
-            raise ConfigError(str(e), path=source) from None
-
-    def replace(self, **changes: Any) -> SequenceConfig:
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)
 
 
 _ADD = SequenceConfig()
