@@ -275,3 +275,28 @@ def test_cli_sweep_ingests_a_released_sweep_and_refuses_a_bad_spec(tmp_path):
     bad.write_text("[grid]\nfrac_train = [0.5, 2.0]\n")
     res = runner.invoke(app, ["sweep", str(bad)])
     assert res.exit_code == 2 and "frac_train" in res.output and str(bad) in res.output.replace("\n", "")
+
+
+def test_a_second_sweep_on_the_same_folder_fails_at_once(tmp_path):
+    """Two sweeps on one output (issue 16): while another process holds the folder's sweep lock (as a running
+    `mechgrok sweep` does), run_sweep refuses at once with a ConfigError naming the folder; nothing is written."""
+    import subprocess
+    import sys
+
+    from mechgrok.sweep import run_sweep
+
+    root = tmp_path / "sweep"
+    root.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mechgrok.store.lock import hold\n"
+         f"with hold({str(root)!r}, kind='sweep', timeout=0):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        spec = SweepSpec.from_dict({"name": "t", "base": {"p": 7, "num_epochs": 2}, "grid": {"seed": [0, 1]}})
+        with pytest.raises(ConfigError, match="another mechgrok sweep is running"):
+            run_sweep(spec, root, processes=False, figures=False)
+        assert [p.name for p in root.iterdir()] == []
+    finally:
+        holder.kill()
+        holder.wait()

@@ -34,6 +34,7 @@ import xarray as xr
 
 from mechgrok.errors import ConfigError, StoreError
 from mechgrok.store.location import exists, join, normalise, read_text, upload, write_text
+from mechgrok.store.lock import hold
 from mechgrok.sweep.cell import STATUS_FILE, SUMMARY_STORE, read_status, run_cell, run_dir_of
 from mechgrok.sweep.spec import SweepSpec
 
@@ -141,13 +142,22 @@ def run_sweep(
     Raises
     ------
     ConfigError
-        If ``root`` holds a sweep over other fields, or a finished run made with another config.
+        If ``root`` holds a sweep over other fields, or a finished run made with another config, or another
+        sweep is running on ``root`` (a lock file ``.NAME.sweep.lock`` beside it; not on object-store URLs).
     StoreError
         If the sweep folder cannot be written.
     """
     root = normalise(root)
     if isinstance(root, Path):
         root.mkdir(parents=True, exist_ok=True)
+    # one sweep at a time on one output: a second one fails at once, naming the folder and the lock
+    with hold(root, kind="sweep", timeout=0, error=ConfigError, busy="another mechgrok sweep is running on this folder"):
+        return _run_sweep(spec, root, workers=workers, scheduler=scheduler, processes=processes, figures=figures,
+                          progress=progress)
+
+
+def _run_sweep(spec: SweepSpec, root: str | Path, *, workers, scheduler, processes, figures, progress) -> SweepResult:
+    """:func:`run_sweep` once its output folder is held."""
     _check_root(spec, root)
     result = SweepResult(root=root)
     todo = []
