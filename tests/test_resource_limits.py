@@ -73,3 +73,26 @@ def test_a_checkpoint_that_cannot_fit_is_a_clear_error(fixture_trajectory, fixtu
                                       "--device", "cpu", "--checkpoints", "3000"])
     assert result.exit_code == 2 and "GiB of memory at once" in result.output.replace("\n", "")
     assert "Traceback" not in result.output
+
+
+
+def test_competition_is_skipped_or_refused_when_its_per_vector_arrays_cannot_fit(fixture_run, monkeypatch):
+    """The competition analysis keeps per-vector alignments for every checkpoint (its output grows with the
+    trajectory): where they would take more than half the available memory, the default analyze skips it and says
+    why, and asking for it by name is refused with an AnalysisError (not an OOM kill)."""
+    import mechgrok
+    import mechgrok.memory
+    import mechgrok.pipeline
+    from mechgrok.errors import AnalysisError
+
+    ds = mechgrok.open_run(fixture_run)  # 61 checkpoints, p = 53: about 26 MB of per-vector arrays
+    available = lambda: 40 * 2**20  # noqa: E731  40 MiB: the grid pass (16 MB) fits, half of it is 20 MiB
+    monkeypatch.setattr(mechgrok.pipeline, "available_bytes", available)
+    monkeypatch.setattr(mechgrok.memory, "available_bytes", available)
+    with pytest.raises(AnalysisError, match="competition analysis over 61 checkpoints"):
+        mechgrok.analyze(ds, analyses=["key_frequencies", "competition"])
+    tree = mechgrok.analyze(ds.isel(checkpoint=slice(None, None, 1)), analyses=None)
+    assert "competition" not in tree.children
+    assert "per-vector alignments over 61 checkpoints" in mechgrok.summarise(tree)["skipped"]["competition"]
+    # with the memory it needs, the same call keeps it
+    assert "competition" in mechgrok.analyze(ds.isel(checkpoint=[0, 30, 60]), analyses=None).children

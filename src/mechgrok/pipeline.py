@@ -51,7 +51,7 @@ from mechgrok.tasks.identify import infer_task
 from mechgrok.descriptions import describe
 from mechgrok.engine import DEFAULT_CHUNK, require_checkpoints, resolve_device, run
 from mechgrok.errors import AnalysisError
-from mechgrok.memory import grid_pass_bytes, require_memory
+from mechgrok.memory import available_bytes, grid_pass_bytes, require_memory
 from mechgrok.tasks.discrete_log import coordinate_trajectory, operation_of
 
 __all__ = ["ANALYSES", "analyze"]
@@ -211,6 +211,20 @@ def analyze(
     if n < 3 and "competition" in todo and (analyses is None or "competition" not in analyses):
         todo.remove("competition")
         skipped["competition"] = f"bumps need at least 3 checkpoints, the trajectory has {n}"
+    if "competition" in todo:
+        # the one analysis whose output grows with every checkpoint by a per-vector array: (head, d_mlp, freq)
+        # OV-path alignments and the rest, float32, power and alignment, held at once (2 x for the stacking)
+        per_ck = 2 * 4 * ((p - 1) // 2) * (int(ds.sizes.get("head", 0)) * int(ds.sizes.get("d_mlp", 0))
+                                           + int(ds.sizes.get("d_mlp", 0)) + int(ds.sizes.get("vocab", 0)) + 8)
+        need, have = 2 * n * per_ck, available_bytes()
+        if have is not None and need > have // 2:
+            if analyses is not None and "competition" in analyses:
+                require_memory(2 * need, what=f"the competition analysis over {n} checkpoints "
+                                              "(per-vector alignments; select fewer checkpoints)")
+            todo.remove("competition")
+            skipped["competition"] = (f"its per-vector alignments over {n} checkpoints need about {need / 2**30:.1f} "
+                                      f"GiB, more than half of the {have / 2**30:.1f} GiB available; select fewer "
+                                      "checkpoints (ds.isel(checkpoint=slice(None, None, k))) and ask for it")
     if operation in ("mul", "div"):  # analyses built on the odd-order Fourier basis of Z_p (docs/algorithms.md)
         for name in _ODD_ORDER_ONLY:
             if name in todo:
