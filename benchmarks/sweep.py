@@ -25,6 +25,7 @@ import torch
 
 from mechgrok.sweep import SweepSpec, collect_sweep, run_sweep
 from mechgrok.sweep.cell import run_cell
+from mechgrok.sweep.runner import local_cluster
 
 
 def spec(runs: int, epochs: int, p: int) -> SweepSpec:
@@ -66,10 +67,9 @@ def main() -> None:
         serial = time.perf_counter() - t0
         load_serial = os.getloadavg()
         t0 = time.perf_counter()
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                          silence_logs=40) as cluster, Client(cluster) as client:
+        with local_cluster(args.workers) as cluster, Client(cluster) as client:
             client.run(_warm_up)  # worker start-up: the imports a task needs
             startup = time.perf_counter() - t0
             result = run_sweep(sp, parallel_root, scheduler=cluster.scheduler_address, figures=False)

@@ -62,6 +62,17 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _dask_scheduler_restored():
+    """A Client whose scheduler dies under it (the killed-worker test) can leave dask's global ``scheduler``
+    config pointing at dask.distributed; later tests that compute with dask must see the default again."""
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    yield
+    dask.config.set(scheduler=before)
+
+
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep-local") / "sweep"
