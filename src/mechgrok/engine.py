@@ -327,7 +327,7 @@ def run(
         raise AnalysisError(f"the trajectory lacks weights {missing}")
     needs = frozenset().union(*(k.needs for k in kernels)) if kernels else frozenset()
     epochs = ds["checkpoint"].values
-    values: dict[str, list[dict[str, Any]]] = {k.name: [] for k in kernels}
+    values: dict[str, dict[str, np.ndarray]] = {k.name: {} for k in kernels}
     report = progress or (lambda stage, done, total: None)
 
     def one(w: dict[str, torch.Tensor], i: int) -> list[dict[str, Any]]:
@@ -341,21 +341,29 @@ def run(
             w = checkpoint_weights(sub, names=sorted(wanted), dtype=torch.float64, device=dev)
             c = sub.sizes["checkpoint"]
             jobs = [({nm: v[j : j + 1] for nm, v in w.items()}, start + j) for j in range(c)]
-            for res in pmap(one, jobs):
+            for (_, i), res in zip(jobs, pmap(one, jobs)):
                 for k, r in zip(kernels, res):
-                    values[k.name].append(r)
+                    _put(values[k.name], r, i, n)
             del w, jobs
             trim_heap()
             report(stage, start + c, n)
-    out = {}
-    for k in kernels:
-        rows = values.pop(k.name)
-        # key by key, each checkpoint's array released once stacked: at most one key is held twice
-        stacked = {key: np.stack([np.asarray(r.pop(key)) for r in rows]) for key in list(rows[0])}
-        del rows
-        out[k.name] = k.assemble(stacked, ds["checkpoint"])
-        del stacked
-    return out
+    return {k.name: k.assemble(values.pop(k.name), ds["checkpoint"]) for k in kernels}
+
+
+def _put(stacked: dict[str, np.ndarray], result: dict[str, Any], i: int, n: int) -> None:
+    """Write one checkpoint's kernel result into the (checkpoint, ...) arrays of ``stacked``, allocated at the
+    first checkpoint (so a trajectory's per-checkpoint arrays are held once, never as a list and its stack); an
+    array is widened to a later value's dtype where that needs it (an int at one checkpoint, a float at the next)."""
+    for key, value in result.items():
+        a = np.asarray(value)
+        buf = stacked.get(key)
+        if buf is None:
+            buf = stacked[key] = np.zeros((n, *a.shape), dtype=a.dtype)
+        elif buf.shape[1:] != a.shape:
+            raise AnalysisError(f"kernel value {key!r} changes shape between checkpoints: {buf.shape[1:]} then {a.shape}")
+        elif not np.can_cast(a.dtype, buf.dtype, casting="safe"):
+            buf = stacked[key] = buf.astype(np.result_type(buf.dtype, a.dtype))
+        buf[i] = a
 
 
 @contextmanager

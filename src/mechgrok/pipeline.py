@@ -268,7 +268,7 @@ def analyze(
     if "measures" in todo:
         kernels.append(SumSquaredWeights.for_trajectory(ds))
     if "competition" in todo:
-        kernels.append(FrequencyAlignment.for_trajectory(ds))
+        kernels.append(FrequencyAlignment.for_trajectory(ds, alignment=False))  # competition derives A_jk by blocks
     if kernels:
         res = run(ds, kernels, chunk=chunk, device=dev, progress=report, stage="checkpoints")
         for name in ("neurons", "attention", "logits", "algorithm", "ablation", "fourier_norms"):

@@ -42,13 +42,13 @@ vector's Fourier power at their checkpoint, and the new one persisting ``hystere
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import xarray as xr
 
 from mechgrok.analyses.bumps import find_bumps
-from mechgrok.analyses.modular.frequency_alignment import FAMILY_DIMS
+from mechgrok.analyses.modular.frequency_alignment import FAMILY_DIMS, alignment_from_power
 from mechgrok.errors import AnalysisError
 
 __all__ = ["vector_competition", "competition_dataset", "competition_summary", "frequency_switches", "VERDICT_RULES"]
@@ -112,10 +112,10 @@ def frequency_switches(
     P = np.asarray(power.transpose("checkpoint", *vd, "freq").values)
     T, K = P.shape[0], P.shape[-1]
     P = P.reshape(T, -1, K)
-    tot = P.sum(-1, dtype=np.float64).astype(P.dtype)
-    share = np.divide(P, tot[..., None], out=np.zeros_like(P), where=tot[..., None] > 0)
+    tot = P.sum(-1, dtype=np.float64).astype(P.dtype)  # (T, J)
+    safe = np.where(tot > 0, tot, 1)
     dom = P.argmax(-1)  # (T, J)
-    top = np.take_along_axis(share, dom[..., None], -1)[..., 0]
+    top = np.where(tot > 0, np.take_along_axis(P, dom[..., None], -1)[..., 0] / safe, 0)  # share of the dominant one
     J = P.shape[1]
     n_sw = np.zeros(J, dtype=np.int64)
     last = np.full(J, -1, dtype=np.int64)
@@ -130,7 +130,7 @@ def frequency_switches(
             persists &= dom[s] == new
         if t + m > T:  # not enough checkpoints left to confirm
             persists &= False
-        old_share = share[t - 1, np.arange(J), cur]
+        old_share = np.where(tot[t - 1] > 0, P[t - 1, np.arange(J), cur] / safe[t - 1], 0)
         ok = (new != cur) & persists & (top[t] >= switch_floor) & (old_share >= switch_floor)
         idx = np.flatnonzero(ok)
         np.add.at(mat, (cur[idx], new[idx]), 1)
@@ -157,13 +157,15 @@ def frequency_switches(
 _VECTOR_BLOCK = 128
 
 
-def _vector_bumps(A: np.ndarray, epochs: np.ndarray, freqs: np.ndarray, **options) -> tuple[np.ndarray, np.ndarray]:
-    """``is_bump`` and ``realigns_to`` (vector, freq) of every alignment series A (checkpoint, vector, freq), by
-    :func:`find_bumps` on blocks of vectors (each series is judged alone, so blocks change nothing)."""
-    is_bump = np.zeros(A.shape[1:], dtype=bool)
-    realigns_to = np.zeros(A.shape[1:], dtype=np.asarray(freqs).dtype)
-    for lo in range(0, A.shape[1], _VECTOR_BLOCK):
-        block = xr.DataArray(A[:, lo : lo + _VECTOR_BLOCK], dims=("checkpoint", "vector", "freq"),
+def _vector_bumps(A: Callable[[int, int], np.ndarray], J: int, epochs: np.ndarray, freqs: np.ndarray,
+                  **options) -> tuple[np.ndarray, np.ndarray]:
+    """``is_bump`` and ``realigns_to`` (vector, freq) of every alignment series, by :func:`find_bumps` on blocks
+    of vectors: ``A(lo, hi)`` gives the alignments (checkpoint, vector lo..hi-1, freq) of a block (each series is
+    judged alone, so blocks change nothing)."""
+    is_bump = np.zeros((J, len(freqs)), dtype=bool)
+    realigns_to = np.zeros((J, len(freqs)), dtype=np.asarray(freqs).dtype)
+    for lo in range(0, J, _VECTOR_BLOCK):
+        block = xr.DataArray(A(lo, lo + _VECTOR_BLOCK), dims=("checkpoint", "vector", "freq"),
                              coords={"checkpoint": epochs, "freq": freqs})
         ab = find_bumps(block, dim="checkpoint", target_dim="freq", **options)
         is_bump[lo : lo + _VECTOR_BLOCK] = ab["is_bump"].transpose("vector", "freq").values
@@ -171,14 +173,30 @@ def _vector_bumps(A: np.ndarray, epochs: np.ndarray, freqs: np.ndarray, **option
     return is_bump, realigns_to
 
 
-def _flux(align: np.ndarray, kidx: np.ndarray) -> np.ndarray:
-    """Phi[t, k, k'] = sum_j max(0, -dA_jk) max(0, dA_jk') over interval t-1 -> t (0 at t = 0); A (T, J, K)."""
-    dA = np.diff(align[:, :, kidx].astype(np.float64), axis=0)
+def _alignments(fa: xr.Dataset, fam: str, P: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """``A(lo, hi)``: the alignments (checkpoint, vector lo..hi-1, freq) of a family, as stored or, where the
+    result holds ``f_vector_norm_sq`` instead (``mechgrok analyze``), derived from the powers ``P`` block by block."""
+    vd = FAMILY_DIMS[fam]
+    T, K = P.shape[0], P.shape[-1]
+    if f"{fam}_alignment" in fa:
+        stored = np.asarray(fa[f"{fam}_alignment"].transpose("checkpoint", *vd, "freq").values).reshape(T, -1, K)
+        return lambda lo, hi: stored[:, lo:hi]
+    if f"{fam}_vector_norm_sq" not in fa:
+        raise AnalysisError(f"not a frequency_alignment result: {fam} has neither '{fam}_alignment' nor "
+                            f"'{fam}_vector_norm_sq'")
+    nsq = np.asarray(fa[f"{fam}_vector_norm_sq"].transpose("checkpoint", *vd).values).reshape(T, -1)
+    return lambda lo, hi: alignment_from_power(P[:, lo:hi], nsq[:, lo:hi])
+
+
+def _flux(align: np.ndarray) -> np.ndarray:
+    """Phi[t, k, k'] = sum_j max(0, -dA_jk) max(0, dA_jk') over interval t-1 -> t (0 at t = 0); A (T, J, key freq)."""
+    n = align.shape[-1]
+    dA = np.diff(align.astype(np.float64), axis=0)
     down, up = np.maximum(-dA, 0.0), np.maximum(dA, 0.0)
     phi = np.einsum("tjk,tjl->tkl", down, up)
-    for i in range(len(kidx)):
+    for i in range(n):
         phi[:, i, i] = 0.0
-    return np.concatenate([np.zeros((1, len(kidx), len(kidx))), phi], 0)
+    return np.concatenate([np.zeros((1, n, n)), phi], 0)
 
 
 def vector_competition(
@@ -267,18 +285,18 @@ def vector_competition(
         vd = FAMILY_DIMS[fam]
         power_da = fa[f"{fam}_power"].transpose("checkpoint", *vd, "freq")
         P = np.asarray(power_da.values).reshape(T, -1, len(freqs))  # float32 as stored (large for neuron_ov)
-        A = np.asarray(fa[f"{fam}_alignment"].transpose("checkpoint", *vd, "freq").values).reshape(T, -1, len(freqs))
+        A = _alignments(fa, fam, P)
         H = np.asarray(fa[f"{fam}_entropy"].transpose("checkpoint", *vd).values, dtype=np.float64).reshape(T, -1)
         nsq = np.asarray(fa[f"{fam}_norm_sq"].values, dtype=np.float64)
         N_vals = fa[f"{fam}_N"].transpose("checkpoint", "freq").values if f"{fam}_N" in fa else P.sum(1, dtype=np.float64)
         N = xr.DataArray(N_vals, dims=("checkpoint", "freq"), coords={"checkpoint": epochs, "freq": freqs},
                          attrs={"units": "weight^2"})
         nb = find_bumps(N, dim="checkpoint", min_relative=min_relative, noise_factor=noise_factor)
-        a_bump, a_to = _vector_bumps(A, epochs, freqs, min_relative=min_relative, noise_factor=noise_factor)
+        a_bump, a_to = _vector_bumps(A, P.shape[1], epochs, freqs, min_relative=min_relative, noise_factor=noise_factor)
         realign_mat = np.zeros((len(freqs), len(freqs)), dtype=np.int64)
         vi, ki = np.nonzero(a_bump)
         np.add.at(realign_mat, (ki, np.searchsorted(freqs, a_to[vi, ki])), 1)
-        flux = _flux(A, kidx)
+        flux = _flux(np.concatenate([A(lo, lo + _VECTOR_BLOCK)[:, :, kidx] for lo in range(0, P.shape[1], _VECTOR_BLOCK)], 1))
         te = T - 1
         for i, k in zip(kidx, keys):
             bump = bool(nb["is_bump"].values[i])
@@ -415,6 +433,12 @@ def competition_dataset(fa: xr.Dataset, *, key_freqs: Sequence[int] | None = Non
     keep = [v for f in _families(fa) for v in (f"{f}_N", f"{f}_norm_sq")]
     keep += [v for v in ("neuron_in_alignment",) if v in fa]
     out = xr.merge([vc, fa[keep]], combine_attrs="override")
+    if "neuron_in_alignment" not in out and "neuron_in_vector_norm_sq" in fa:
+        P = fa["neuron_in_power"].transpose("checkpoint", "neuron", "freq")
+        out["neuron_in_alignment"] = P.copy(data=alignment_from_power(P.values, fa["neuron_in_vector_norm_sq"]
+                                                                      .transpose("checkpoint", "neuron").values))
+        out["neuron_in_alignment"].attrs = {"units": "fraction", "description": "A_jk = ||P_F_k w_j|| / ||w_j||, "
+                                            "w_j = neuron j's direct input map (W_E[:p] W_in)[:, j]"}
     out.attrs = {**vc.attrs, "families": _families(fa)}
     return out
 

@@ -41,7 +41,7 @@ from mechgrok.analyses.modular.grid import model_p
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
 
-__all__ = ["FAMILIES", "FAMILY_DIMS", "FrequencyAlignment", "frequency_alignment"]
+__all__ = ["FAMILIES", "FAMILY_DIMS", "FrequencyAlignment", "alignment_from_power", "frequency_alignment"]
 
 #: The vector families and the trajectory weights each needs.
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -95,7 +95,8 @@ def frequency_alignment(
     xarray.Dataset
         For each family f (vector dims as in :data:`FAMILY_DIMS`), over ``checkpoint`` (epochs) and ``freq``
         (k = 1..(p-1)/2): ``f_power`` (checkpoint, *vec, freq): ||P_{F_k} w_j||^2 (weight^2, float32);
-        ``f_alignment`` (checkpoint, *vec, freq): A_jk (fraction of the norm, float32); ``f_N``
+        ``f_alignment`` (checkpoint, *vec, freq): A_jk (fraction of the norm, float32); ``f_vector_norm_sq``
+        (checkpoint, *vec): ||w_j||^2 (weight^2); ``f_N``
         (checkpoint, freq): N_k (weight^2); ``f_norm_sq`` (checkpoint,): sum_j ||w_j||^2 (weight^2);
         ``f_entropy`` (checkpoint, *vec): spectral entropy (nats); ``f_dominant_freq`` (checkpoint, *vec).
 
@@ -120,6 +121,32 @@ def frequency_alignment(
     return run(ds, [k], chunk=chunk, device="cpu")[k.name]
 
 
+def alignment_from_power(power: np.ndarray, vector_norm_sq: np.ndarray) -> np.ndarray:
+    """The alignments A_jk = sqrt(P_jk / ||w_j||^2) from Fourier powers and squared vector norms.
+
+    Parameters
+    ----------
+    power : numpy.ndarray
+        ``f_power`` values, shape (..., freq) (weight^2).
+    vector_norm_sq : numpy.ndarray
+        ``f_vector_norm_sq`` values, the same shape without ``freq`` (weight^2).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the shape of ``power``; 0 where a vector is zero.
+
+    Examples
+    --------
+    >>> alignment_from_power(np.array([[3.0, 1.0], [0.0, 0.0]]), np.array([4.0, 0.0])).tolist()
+    [[0.8660253882408142, 0.5], [0.0, 0.0]]
+    """
+    nsq = np.asarray(vector_norm_sq, dtype=np.float64)[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.sqrt(np.asarray(power, dtype=np.float64) / nsq)
+    return np.nan_to_num(a, nan=0.0, posinf=0.0).astype(np.float32)
+
+
 @dataclass
 class FrequencyAlignment:
     """Engine kernel (:mod:`mechgrok.engine`): Fourier powers of the vector families of one checkpoint."""
@@ -127,15 +154,19 @@ class FrequencyAlignment:
     p: int
     families: tuple[str, ...]
     n_components: int = 8
+    alignment: bool = True
     name: str = "frequency_alignment"
     weights: tuple[str, ...] | None = ()
     needs: frozenset[str] = frozenset()
 
     @classmethod
     def for_trajectory(
-        cls, ds: xr.Dataset, *, families: tuple[str, ...] = tuple(FAMILIES), n_components: int = 8
+        cls, ds: xr.Dataset, *, families: tuple[str, ...] = tuple(FAMILIES), n_components: int = 8,
+        alignment: bool = True,
     ) -> "FrequencyAlignment":
-        """The kernel for a trajectory.
+        """The kernel for a trajectory; ``alignment=False`` leaves the per-vector alignments A_jk out of the
+        result (derivable from ``f_power`` and ``f_vector_norm_sq`` by :func:`alignment_from_power`; ``mechgrok
+        analyze`` derives them block by block, which keeps the (checkpoint, head, d_mlp, freq) array once, not twice).
 
         Raises
         ------
@@ -152,7 +183,7 @@ class FrequencyAlignment:
         n_comp = int(n_components)
         if "W_E_pca" in families and "W_E" in ds:
             n_comp = min(n_comp, p, int(ds.sizes.get("d_model", n_comp)))
-        return cls(p=p, families=tuple(families), n_components=n_comp, weights=tuple(need))
+        return cls(p=p, families=tuple(families), n_components=n_comp, alignment=bool(alignment), weights=tuple(need))
 
     def _basis(self) -> torch.Tensor:
         F = getattr(self, "_F", None)
@@ -192,15 +223,14 @@ class FrequencyAlignment:
             res[f"{fam}_power"] = pw
             res[f"{fam}_N"] = power.sum(1).numpy()  # float64 sums
             res[f"{fam}_norm_sq"] = float(nsq.sum())
-            # the per-vector derived values here, checkpoint by checkpoint: over a whole trajectory their
-            # temporaries would be several times the (checkpoint, head, d_mlp, freq) power array
-            nsq_v = nsq.reshape(shape).numpy().astype(np.float32)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                res[f"{fam}_alignment"] = np.nan_to_num(np.sqrt(pw / nsq_v[..., None])).astype(np.float32)
-                tot = pw.sum(-1, keepdims=True, dtype=np.float64)
-                q = pw / np.where(tot > 0, tot, 1.0).astype(np.float32)
-                res[f"{fam}_entropy"] = (-(q * np.log(np.where(q > 0, q, 1.0))).sum(-1, dtype=np.float64)).astype(np.float32)
-            res[f"{fam}_dominant_freq"] = pw.argmax(-1).astype(np.int64) + 1
+            res[f"{fam}_vector_norm_sq"] = nsq.reshape(shape).numpy()
+            # the per-vector spectra checkpoint by checkpoint: over a whole trajectory their temporaries would be
+            # several times the (checkpoint, head, d_mlp, freq) power array
+            tot = power.sum(0)  # (n,)
+            q = power / torch.where(tot > 0, tot, torch.ones_like(tot))
+            ent = -torch.xlogy(q, q).sum(0)
+            res[f"{fam}_entropy"] = ent.reshape(shape).numpy().astype(np.float32)
+            res[f"{fam}_dominant_freq"] = power.argmax(0).reshape(shape).numpy().astype(np.int64) + 1
         return res
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
@@ -213,8 +243,11 @@ class FrequencyAlignment:
             dims = ("checkpoint", *vd, "freq")
             data[f"{fam}_power"] = (dims, power, {
                 "units": "weight^2", "description": f"||P_F_k w_j||^2, w_j = {what}"})
-            data[f"{fam}_alignment"] = (dims, values[f"{fam}_alignment"], {
-                "units": "fraction", "description": f"A_jk = ||P_F_k w_j|| / ||w_j||, w_j = {what}"})
+            data[f"{fam}_vector_norm_sq"] = ((("checkpoint", *vd)), values[f"{fam}_vector_norm_sq"], {
+                "units": "weight^2", "description": f"||w_j||^2 (constant component included), w_j = {what}"})
+            if self.alignment:
+                data[f"{fam}_alignment"] = (dims, alignment_from_power(power, values[f"{fam}_vector_norm_sq"]), {
+                    "units": "fraction", "description": f"A_jk = ||P_F_k w_j|| / ||w_j||, w_j = {what}"})
             data[f"{fam}_N"] = (("checkpoint", "freq"), values[f"{fam}_N"], {
                 "units": "weight^2", "description": f"N_k = sum_j ||P_F_k w_j||^2 over {fam} vectors"})
             data[f"{fam}_norm_sq"] = (("checkpoint",), values[f"{fam}_norm_sq"], {
