@@ -76,19 +76,23 @@ def bump_noise(x: xr.DataArray, *, dim: str, seed_dim: str | None = None) -> xr.
     0.01
     """
     _check_dims(x, dim, seed_dim)
-    arr = np.moveaxis(np.asarray(x.values, dtype=np.float64), x.get_axis_num(dim), -1)
-    if arr.shape[-1] < 4:
-        sigma = np.zeros(arr.shape[:-1])
-    else:
-        d2 = np.diff(arr, n=2, axis=-1)
-        mad = np.median(np.abs(d2 - np.median(d2, axis=-1, keepdims=True)), axis=-1)
-        sigma = 1.4826 * mad / np.sqrt(6.0)
+    # contiguous along time: the medians partition rows (a strided view made them 2x slower)
+    arr = np.ascontiguousarray(np.moveaxis(np.asarray(x.values, dtype=np.float64), x.get_axis_num(dim), -1))
     dims = [d for d in x.dims if d != dim]
-    out = xr.DataArray(sigma, dims=dims, coords={d: x[d] for d in dims if d in x.coords})
+    out = xr.DataArray(_noise(arr), dims=dims, coords={d: x[d] for d in dims if d in x.coords})
     if seed_dim is not None:
         out = out.median(seed_dim).broadcast_like(out).transpose(*dims)
     out.attrs = {"units": x.attrs.get("units", ""), "description": "robust white-noise level from second differences"}
     return out
+
+
+def _noise(arr: np.ndarray) -> np.ndarray:
+    """:func:`bump_noise` of series along the last axis of ``arr`` (contiguous along it: the medians partition rows)."""
+    if arr.shape[-1] < 4:
+        return np.zeros(arr.shape[:-1])
+    d2 = np.diff(arr, n=2, axis=-1)
+    mad = np.median(np.abs(d2 - np.median(d2, axis=-1, keepdims=True)), axis=-1)
+    return 1.4826 * mad / np.sqrt(6.0)
 
 
 def _check_dims(x: xr.DataArray, *dims: str | None) -> None:
@@ -161,7 +165,7 @@ def find_bumps(
     if n < 3:
         raise AnalysisError(f"a bump needs at least 3 points along {dim!r}, the series has {n}")
     raw = x.transpose(..., dim)
-    arr = np.asarray(raw.values, dtype=np.float64)
+    arr = np.ascontiguousarray(raw.values, dtype=np.float64)  # rows along dim: argmax and medians run on rows
     if np.isnan(arr).any():
         raise AnalysisError("the series holds NaN; select the finite part first")
     if smooth is not None:
@@ -175,7 +179,9 @@ def find_bumps(
         rel = np.where(peak > 0, prom / np.where(peak > 0, peak, 1.0), np.nan)
     dims = list(raw.dims[:-1])
     coords = {d: raw[d] for d in dims if d in raw.coords}
-    noise = bump_noise(raw, dim=dim, seed_dim=seed_dim).transpose(*dims)
+    noise = xr.DataArray(_noise(arr), dims=dims, coords=coords)
+    if seed_dim is not None:
+        noise = noise.median(seed_dim).broadcast_like(noise).transpose(*dims)
     thr = noise_factor * noise.values
     is_bump = (idx > 0) & (idx < n - 1) & (prom > thr) & (np.nan_to_num(rel) >= min_relative)
     tcoord = np.asarray(x[dim].values) if dim in x.coords else np.arange(n)
@@ -187,7 +193,7 @@ def find_bumps(
         "peak_value": (dims, peak, {"units": units, "description": "x(t*)"}),
         "prominence": (dims, prom, {"units": units, "description": "h = x(t*) - max(x(t_0), x(t_end))"}),
         "relative_height": (dims, rel, {"units": "fraction", "description": "h / x(t*)"}),
-        "noise": (dims, noise.values, {"units": units, "description": noise.attrs["description"]}),
+        "noise": (dims, noise.values, {"units": units, "description": "robust white-noise level from second differences"}),
         "threshold": (dims, thr, {"units": units, "description": "noise_factor * noise: the smallest prominence of a bump"}),
         "is_bump": (dims, is_bump, {"units": "", "description": BUMP_RULE}),
     }

@@ -141,10 +141,11 @@ def alignment_from_power(power: np.ndarray, vector_norm_sq: np.ndarray) -> np.nd
     >>> alignment_from_power(np.array([[3.0, 1.0], [0.0, 0.0]]), np.array([4.0, 0.0])).tolist()
     [[0.8660253882408142, 0.5], [0.0, 0.0]]
     """
+    power = np.asarray(power)
     nsq = np.asarray(vector_norm_sq, dtype=np.float64)[..., None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = np.sqrt(np.asarray(power, dtype=np.float64) / nsq)
-    return np.nan_to_num(a, nan=0.0, posinf=0.0).astype(np.float32)
+    a = np.zeros(np.broadcast_shapes(power.shape, nsq.shape), dtype=np.float64)
+    np.divide(power, nsq, out=a, where=nsq > 0)
+    return np.sqrt(a, out=a).astype(np.float32)
 
 
 @dataclass
