@@ -13,7 +13,8 @@ import xarray as xr
 
 import mechgrok
 from mechgrok.analyses.digit_addition import digit_losses
-from mechgrok.analyses.induction import _induction_targets, head_scores, induction_circuit
+from mechgrok.analyses.induction import (RISE_FRACTION, _induction_targets, control_tokens, head_scores,
+                                         induction_circuit)
 from mechgrok.analyses.phase_changes import learning_order, phase_changes
 from mechgrok.errors import UnsafeCheckpointError
 from mechgrok.models.causal_transformer import forward
@@ -113,30 +114,86 @@ def test_head_scores_against_dense_loop():
                             num_repeats=cfg["num_repeats"], vocab_size=cfg["vocab_size"])
     w = {k: torch.from_numpy(ds[k].values[0]).double() for k in ds.data_vars if k.startswith("W_")}
     A = forward(w, b.tokens, n_layers=2, doubled_residual=True, cache=True).attn_pattern  # (layer, b, head, q, k)
-    n, s = b.tokens.shape[1], b.starts.tolist()
+    ctl = control_tokens(b, cfg["vocab_size"], 11)  # the repeats after the first replaced by random tokens
+    Ac = forward(w, ctl, n_layers=2, doubled_residual=True, cache=True).attn_pattern
+    n, s, k = b.tokens.shape[1], b.starts.tolist(), cfg["subseq_len"]
+    for i in range(6):
+        copies = {s[i][r] + j for r in (1, 2) for j in range(k)}
+        assert all(int(ctl[i, q]) == int(b.tokens[i, q]) for q in range(n) if q not in copies)
+        assert sum(int(ctl[i, s[i][1] + j]) == int(b.tokens[i, s[i][0] + j]) for j in range(k)) < k / 2  # no repeat
     for l in range(2):
         for h in range(2):
             prev = np.mean([float(A[l, i, h, q, q - 1]) for i in range(6) for q in range(1, n)])
-            vals = []
+            vals, base = [], []
             for i in range(6):
                 for r in range(1, 3):
-                    for j in range(cfg["subseq_len"] - 1):  # attention to the token after each earlier occurrence
+                    for j in range(k - 1):  # attention to the token after each earlier occurrence
                         vals.append(sum(float(A[l, i, h, s[i][r] + j, s[i][rp] + j + 1]) for rp in range(r)))
+                        base.append(sum(float(Ac[l, i, h, s[i][r] + j, s[i][rp] + j + 1]) for rp in range(r)))
             assert float(hs["prev_token_score"][0, l, h]) == pytest.approx(prev, rel=1e-9)
             assert float(hs["induction_score"][0, l, h]) == pytest.approx(np.mean(vals), rel=1e-9)
+            assert float(hs["induction_baseline"][0, l, h]) == pytest.approx(np.mean(base), rel=1e-9)
+            assert float(hs["induction_content"][0, l, h]) == pytest.approx(np.mean(vals) - np.mean(base), abs=1e-12)
     assert _induction_targets(b, 3).sum() == 6 * (1 + 2) * (cfg["subseq_len"] - 1)
 
 
+def _onset(score, epochs, frac):
+    """Dense reference of the formation rule: the first epoch whose score made ``frac`` of the first-to-last rise."""
+    for e, v in zip(epochs, score):
+        if v >= score[0] + frac * (score[-1] - score[0]):
+            return float(e)
+
+
 def test_quick_induction_run_shows_the_phase_change_in_order():
-    """prev-token head, then induction head, then the loss drop (the committed quick run, every checkpoint)."""
+    """prev-token head, then induction head, then the loss drop, strictly (the committed quick run, every
+    checkpoint), with the attention evidence behind each step."""
     hs = analyze_task(mechgrok.open_run(IND_FIXTURE), device="cpu", n_eval=64)["induction"].to_dataset()
-    assert hs["is_induction_head"].sel(layer=1).any() and hs["is_prev_token_head"].sel(layer=0).any()
+    assert hs["is_induction_head"].sel(layer=1).all() and hs["is_prev_token_head"].sel(layer=0).all()
+    assert not hs["is_induction_head"].sel(layer=0).any() and not hs["is_prev_token_head"].sel(layer=1).any()
     assert induction_circuit(hs)["induction_formed"].identical(hs["induction_formed"])
+    assert hs.attrs["rise_fraction"] == RISE_FRACTION and "content induction score" in hs.attrs["rule"]
     order = json.loads(hs.attrs["formation_order"])
-    assert order["prev_token_head_formed"] <= order["induction_head_formed"] <= order["loss_drop_steepest"]
-    assert order["loss_drop_onset"] <= order["loss_drop_steepest"] <= order["loss_drop_end"]
+    prev_at, ind_at = order["prev_token_head_formed"], order["induction_head_formed"]
+    assert prev_at < ind_at < order["loss_drop_steepest"] < order["loss_drop_end"]
+    assert order["loss_drop_onset"] < order["loss_drop_steepest"]
+    e = hs["checkpoint"].values
+    prev, content = hs["prev_token_score"].sel(layer=0), hs["induction_content"].sel(layer=1)
+    assert prev_at == min(_onset(prev.values[:, h], e, RISE_FRACTION) for h in range(2))
+    assert ind_at == min(_onset(content.values[:, h], e, RISE_FRACTION) for h in range(2))
+    start = dict(checkpoint=slice(0, 5))  # steps 0-40: the untrained heads' noise band
+    for score, at in ((prev, prev_at), (content, ind_at)):
+        lo, hi = float(score.isel(**start).min()), float(score.isel(**start).max())
+        assert float(score.sel(checkpoint=at).max()) > hi + 5 * max(hi - lo, 1e-3)  # out of the band when formed
+        before = score.sel(checkpoint=at - 10).max()  # and a checkpoint earlier it had made less of its rise
+        assert float(before) < float(score.sel(checkpoint=at).max())
+    # when the previous-token head formed, the layer-1 heads did not yet match content: their induction score
+    # then was the positional baseline (within 0.05), far from the induction head's final content score
+    at_prev = hs.sel(checkpoint=prev_at, layer=1)
+    assert float(abs(at_prev["induction_content"]).max()) < 0.05 < 0.5 < float(content.isel(checkpoint=-1).min())
+    # the attention patterns of the first evaluation sequence at the end: the induction head attends to the
+    # token after the earlier occurrence, the previous-token head to the previous token, far above uniform
+    ind = hs.sel(layer=1).isel(checkpoint=-1)
+    tok = hs["eval_tokens"].values
+    b = rep.induction_batch(hs.attrs["n_eval"], seed=hs.attrs["eval_seed"], seq_len=hs.attrs["seq_len"],
+                            subseq_len=hs.attrs["subseq_len"], num_repeats=hs.attrs["num_repeats"],
+                            vocab_size=hs.attrs["vocab_size"])
+    assert b.tokens[0].tolist() == tok.tolist()  # the stored pattern's sequence, regenerated
+    st, k = b.starts[0].tolist(), hs.attrs["subseq_len"]
+    for h in range(2):
+        paid = [sum(float(ind["attn_pattern"][h, st[r] + j, st[rp] + j + 1]) for rp in range(r))
+                for r in (1, 2) for j in range(k - 1)]
+        assert np.mean(paid) > 0.5
+    pat = hs.sel(layer=0).isel(checkpoint=-1)["attn_pattern"]
+    sub = np.array([np.diagonal(pat.values[h], offset=-1)[5:].mean() for h in range(2)])
+    assert sub.max() > 3 * float(np.mean([1 / (q + 1) for q in range(5, len(tok))]))  # uniform: 1 / (q + 1)
     loss = hs["loss"].values
     assert loss[0] > 3 * loss[-1]  # the drop happened
+    from mechgrok.figures.phase_changes import plot_head_scores
+
+    fig = plot_head_scores(hs)  # the figure marks each circuit head's formation, the baseline dotted
+    dots = [[ln.get_xdata()[0] for ln in ax.lines if ln.get_marker() == "o"] for ax in fig.axes[:2]]
+    assert dots == [[prev_at, prev_at], [ind_at, ind_at]]
+    assert sum(ln.get_linestyle() == ":" for ln in fig.axes[1].lines) == 4
 
 
 def test_analyze_fixture_runs_cli_with_figures(tmp_path):

@@ -3,6 +3,7 @@ here (plain loops), and against the authors' released models in ../shared (skipp
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 import mechgrok
 from mechgrok.errors import ConfigError
 from mechgrok.models.causal_transformer import SequenceModelSizes, forward, init_params
+from mechgrok.rundir import read_run_info
 from mechgrok.tasks import digit_addition as add
 from mechgrok.tasks import repeated_subsequences as rep
 from nanda import nanda_path
@@ -165,7 +167,78 @@ def test_cli_trains_a_sequence_preset_and_open_run_reads_it(tmp_path):
     for f in sorted((run / "checkpoints").iterdir()):  # deterministic: the same bits
         assert f.read_bytes() == (tmp_path / "again" / "checkpoints" / f.name).read_bytes()
     resumed = CliRunner().invoke(app, ["train", str(run), "--preset", "repeated_subsequences_quick", "--resume"])
-    assert resumed.exit_code == 2 and "does not resume" in resumed.output
+    assert resumed.exit_code == 2 and "saved config.json" in resumed.output  # --resume keeps the saved config
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(epoch):
+    def on_epoch(e, train_loss, test_loss):
+        if e == epoch:
+            raise _Stop  # a run killed during epoch ``epoch`` (after the checkpoint before it)
+    return on_epoch
+
+
+def _same_run(a, b):
+    """Checkpoints, metrics.csv and resume state of two runs, byte for byte."""
+    names = sorted(p.name for p in (a / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (b / "checkpoints").iterdir())
+    for f in [*(f"checkpoints/{n}" for n in names), "metrics.csv", "state.safetensors"]:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+@pytest.mark.parametrize("preset,sizes", [
+    ("repeated_subsequences_quick", dict(d_model=8, n_heads=2, d_head=4, test_size=8, batch_size=8)),
+    ("repeated_subsequences_quick", dict(d_model=8, n_heads=2, d_head=4, test_size=8, batch_size=4, n_train=8,
+                                         finite=True)),
+    ("digit_addition_quick", dict(n_digits=2, d_model=8, n_heads=2, d_head=4, d_mlp=16, test_size=8, batch_size=8)),
+])
+def test_sequence_resume_is_bit_identical(tmp_path, preset, sizes):
+    """Interrupted (killed mid-run, or trained 6 epochs and extended to 12), then resumed: the same bits as an
+    uninterrupted 12-epoch run (the data stream, batch order and AdamW moments are restored)."""
+    cfg = mechgrok.sequence_preset(preset, num_epochs=12, checkpoint_every=3, test_every=2, **sizes)
+    full = mechgrok.train_sequence(cfg, tmp_path / "full")
+    with pytest.raises(_Stop):
+        mechgrok.train_sequence(cfg, tmp_path / "killed", on_epoch=_stop_at(8))
+    assert not read_run_info(tmp_path / "killed")["complete"]
+    mechgrok.train_sequence(None, tmp_path / "killed", resume=True)
+    _same_run(full, tmp_path / "killed")
+    info = read_run_info(tmp_path / "killed")
+    assert info["complete"] and [r["epoch"] for r in info["resumes"]] == [6]
+    mechgrok.train_sequence(cfg.replace(num_epochs=6), tmp_path / "short")
+    mechgrok.train_sequence(None, tmp_path / "short", resume=True, num_epochs=12)
+    _same_run(full, tmp_path / "short")
+    assert [r["epoch"] for r in read_run_info(tmp_path / "short")["resumes"]] == [6]
+    assert json.loads((tmp_path / "short" / "config.json").read_text())["num_epochs"] == 12
+    ds, ref = mechgrok.open_run(tmp_path / "short"), mechgrok.open_run(full)
+    assert ds["loss_train"].identical(ref["loss_train"]) and ds["loss_test"].identical(ref["loss_test"])
+    with pytest.raises(ConfigError, match="cannot shorten"):
+        mechgrok.train_sequence(None, tmp_path / "short", resume=True, num_epochs=10)
+
+
+def test_cli_resumes_a_sequence_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from mechgrok_cli.main import app
+
+    common = ["--checkpoint-every", "2", "-q"]
+    small = tmp_path / "small.json"  # a tiny induction config (config files are how sizes are set on the CLI)
+    small.write_text(json.dumps(mechgrok.sequence_preset("repeated_subsequences_quick", d_model=8, n_heads=2, d_head=4,
+                                                         test_size=8, batch_size=8, test_every=2).to_dict()))
+    for name, epochs in (("full", "8"), ("run", "4")):
+        res = CliRunner().invoke(app, ["train", str(tmp_path / name), "--config", str(small), "--epochs", epochs,
+                                       *common])
+        assert res.exit_code == 0, res.output
+    refused = CliRunner().invoke(app, ["train", str(tmp_path / "run"), "--resume", "--seed", "3", "-q"])
+    assert refused.exit_code != 0 and "--seed" in refused.output
+    shorter = CliRunner().invoke(app, ["train", str(tmp_path / "run"), "--resume", "--epochs", "2", "-q"])
+    assert shorter.exit_code != 0 and "cannot shorten" in shorter.output
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "run"), "--resume", "--epochs", "8", "-q"])
+    assert res.exit_code == 0, res.output
+    _same_run(tmp_path / "full", tmp_path / "run")
+    assert [r["epoch"] for r in read_run_info(tmp_path / "run")["resumes"]] == [4]
 
 
 def test_addition_run_has_per_token_curves(tmp_path):

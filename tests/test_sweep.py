@@ -11,7 +11,7 @@ import xarray as xr
 
 import mechgrok
 from mechgrok.analyses.early_warning import MEASURES, change_onset, lead_times, summarise_leads
-from mechgrok.analyses.grokking_epoch import grokking_epoch
+from mechgrok.analyses.grokking_epoch import grokking_delay, grokking_epoch
 from mechgrok.config import Config
 from mechgrok.errors import AnalysisError, ConfigError
 from mechgrok.figures.sweep import phase_diagram, write_sweep_figures
@@ -149,6 +149,41 @@ def test_grokking_epoch_rule():
     assert float(run_summary(m)["grokking_epoch"]) == expect
 
 
+def test_grokking_delay_on_planted_curves():
+    """Planted memorisation and generalisation epochs per run: the delay is their difference, NaN where either
+    curve never crosses, vectorised over the other dims; bad input is an AnalysisError."""
+    epochs = np.arange(0, 1000, 10)
+    memorise = {(0.3, 0): 120, (0.3, 1): 150, (0.5, 0): 90, (0.5, 1): None}
+    generalise = {(0.3, 0): 700, (0.3, 1): 640, (0.5, 0): 300, (0.5, 1): 200}
+
+    def curve(at):  # 4.7 nats until the planted epoch, then 0.05 (NaN tail: a shorter run on a common axis)
+        y = np.where(epochs < (at if at is not None else 10**9), 4.7, 0.05)
+        return np.where(epochs >= 950, np.nan, y)
+
+    def planted(events):
+        return xr.DataArray([[curve(events[(f, s)]) for s in (0, 1)] for f in (0.3, 0.5)],
+                            dims=("frac_train", "seed", "epoch"),
+                            coords={"frac_train": [0.3, 0.5], "seed": [0, 1], "epoch": epochs})
+
+    train, test = planted(memorise), planted(generalise)
+    d = grokking_delay(train, test)
+    assert d.dims == ("frac_train", "seed") and d.dtype == np.float64 and d.attrs["units"] == "epochs"
+    for (f, s), m in memorise.items():
+        expect = np.nan if m is None else float(generalise[(f, s)] - m)
+        np.testing.assert_equal(float(d.sel(frac_train=f, seed=s)), expect)
+    xr.testing.assert_equal(d, grokking_epoch(test) - grokking_epoch(train))  # the rule, by the other function
+    assert float(grokking_delay(test, train).sel(frac_train=0.3, seed=0)) == -580.0  # test first: negative
+    # a stricter threshold that the planted 0.05 never reaches: NaN everywhere
+    assert grokking_delay(train, test, threshold=0.01).isnull().all()
+    with pytest.raises(AnalysisError, match="no 'checkpoint' dim"):
+        grokking_delay(train, test, dim="checkpoint")
+    with pytest.raises(AnalysisError, match="positive"):
+        grokking_delay(train, test, threshold=0.0)
+    with pytest.raises(AnalysisError, match="different 'epoch' coordinates"):
+        grokking_delay(train, test.assign_coords(epoch=epochs + 5))
+    assert mechgrok.grokking_delay is grokking_delay
+
+
 def test_combine_runs_of_two_shapes_is_a_datatree(tmp_path):
     def fake(p, grok):
         epochs = np.arange(0, 400, 100)
@@ -212,9 +247,22 @@ def test_released_frac_train_sweep_grokking_epoch_rises_as_the_fraction_falls(tm
     assert [(a, b) for a, b, d in steps if d <= 0] == [(0.8, 0.7)]
     assert float(falling.sel(frac_train=0.8)) < 260
     assert scipy.stats.spearmanr(g["frac_train"].values, g.values).statistic < -0.95
+    # grokking is delayed generalisation: the delay from memorisation (train loss <= 0.1) to generalisation
+    # (test loss <= 0.1) rises strictly at every step down, over all ten fractions (docs/sweeps.md)
+    delay = tree["grokking_delay"]
+    expect = {}
+    for i, frac in enumerate(fracs):  # the rule, with a plain loop over the file's own curves
+        first_train = next(j for j, v in enumerate(losses[2 * i]) if v <= 0.1)
+        first_test = next(j for j, v in enumerate(losses[2 * i + 1]) if v <= 0.1)
+        expect[frac] = first_test - first_train
+    assert {f: float(delay.sel(frac_train=f)) for f in fracs} == expect
+    ordered = [expect[f] for f in sorted(fracs, reverse=True)]  # 0.95, 0.9, ..., 0.25
+    assert len(ordered) == 10 and all(b > a for a, b in zip(ordered, ordered[1:])), ordered
+    assert delay.attrs["units"] == "epochs" and "loss_train" in delay.attrs["rule"]
     assert (tmp_path / "frac" / "figures" / "phase_diagram.png").is_file()
     back = xr.open_zarr(tmp_path / "frac" / "summary.zarr", consolidated=False)
     xr.testing.assert_equal(back["grokking_epoch"].load(), g.to_dataset()["grokking_epoch"])
+    xr.testing.assert_equal(back["grokking_delay"].load(), delay.to_dataset()["grokking_delay"])
     assert back["loss_test"].dims == ("frac_train", "epoch")
 
 

@@ -45,8 +45,8 @@ def _parse_only(text: str | None) -> list[str] | None:
 
 @app.command()
 def analyze(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory or any trajectory `mechgrok ingest` accepts.")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write analysis.zarr and the reports (default: RUN_DIR, or beside a file).")] = None,
+    run_dir: Annotated[str, typer.Argument(help="A run directory or any trajectory `mechgrok ingest` accepts: a path or an fsspec URL (s3://bucket/run).")],
+    out_dir: Annotated[Optional[str], typer.Option("--out", help="Where to write analysis.zarr and the reports, a path or URL (default: RUN_DIR, or beside a file).")] = None,
     reference: Annotated[Optional[int], typer.Option(help="Epoch of the reference checkpoint for the key frequencies (default: the last).")] = None,
     checkpoints: Annotated[Optional[str], typer.Option(help="Epochs to analyse: '0,100,200' or '0:4000:500' (default: all).")] = None,
     only: Annotated[Optional[str], typer.Option(help="Comma-separated analyses to run (default: all but llc).")] = None,
@@ -63,13 +63,17 @@ def analyze(
 ) -> None:
     """Run every analysis of the paper over a trajectory; write analysis.zarr, report.md and report.json.
 
-    One analyze at a time writes to an output folder: a second one fails at once with a clear error.
+    One analyze at a time writes to a local output folder: a second one fails at once with a clear error (object
+    stores have no locks). RUN_DIR and --out may be URLs: a run there is read through a local copy, and the
+    outputs are uploaded (the figures drawn locally first).
     """
+    from mechgrok.store.location import normalise
     from mechgrok.store.lock import hold
 
     analyses = _parse_only(only)
     epochs = _parse_epochs(checkpoints)
-    target = out_dir or default_out_dir(run_dir)
+    run_dir = normalise(run_dir)
+    target = normalise(out_dir) if out_dir is not None else run_guarded(default_out_dir, run_dir)
     # one analyze per output folder: a second one fails at once (mechgrok.store.lock)
     with ExitStack() as held:
         run_guarded(held.enter_context, hold(target, kind="analyze", timeout=0,
@@ -79,9 +83,10 @@ def analyze(
                  frac_train=frac_train, quiet=quiet)
 
 
-def _analyze(run_dir: Path, target: Path, *, analyses, epochs, reference, chunk, device, llc, llc_every, figures, fmt,
-             trust_checkpoint, seed, frac_train, quiet) -> None:
+def _analyze(run_dir: Path | str, target: Path | str, *, analyses, epochs, reference, chunk, device, llc, llc_every,
+             figures, fmt, trust_checkpoint, seed, frac_train, quiet) -> None:
     import mechgrok
+    from mechgrok.store.location import join
 
     ds = run_guarded(mechgrok.open_run, run_dir, format=fmt, trusted=trust_checkpoint, seed=seed,
                      frac_train=frac_train)
@@ -96,9 +101,16 @@ def _analyze(run_dir: Path, target: Path, *, analyses, epochs, reference, chunk,
     if figures:
         from mechgrok.explorer import write_explorer
         from mechgrok.figures.pack import write_figure_pack
+        from mechgrok.store.location import local_folder
 
-        run_guarded(write_figure_pack, tree, target / "figures", trajectory=ds)
-        page = run_guarded(write_explorer, tree, target / "figures" / "explorer.html", trajectory=ds,
-                           title=f"mechgrok explorer: {run_dir}")
-        out.print(f"figures: [bold]{target / 'figures' / 'index.html'}[/], interactive: [bold]{page}[/]")
-    out.print(f"wrote [bold]{target / 'analysis.zarr'}[/], [bold]{target / 'report.md'}[/], [bold]{target / 'report.json'}[/]")
+        folder = join(target, "figures")
+
+        def draw() -> None:
+            with local_folder(folder) as local:  # at a URL: drawn into a local folder, uploaded at the end
+                write_figure_pack(tree, local, trajectory=ds)
+                write_explorer(tree, local / "explorer.html", trajectory=ds, title=f"mechgrok explorer: {run_dir}")
+
+        run_guarded(draw)
+        out.print(f"figures: [bold]{join(folder, 'index.html')}[/], interactive: [bold]{join(folder, 'explorer.html')}[/]")
+    out.print(f"wrote [bold]{join(target, 'analysis.zarr')}[/], [bold]{join(target, 'report.md')}[/], "
+              f"[bold]{join(target, 'report.json')}[/]")

@@ -19,9 +19,13 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["default_out_dir", "run_analysis", "write_analysis_outputs", "print_summary", "print_task_summary"]
 
 
-def default_out_dir(run_dir: Path) -> Path:
-    """Where the outputs of a source go by default: the run directory itself, or beside a file or store."""
-    return run_dir if run_dir.is_dir() and not run_dir.name.endswith(".zarr") else run_dir.with_suffix("")
+def default_out_dir(run_dir: str | Path) -> Path | str:
+    """Where the outputs of a source go by default: the run directory itself, or beside a file or store (a
+    local path, or a URL for a source at a URL)."""
+    from mechgrok.store.location import is_dir, name_of, normalise, strip_suffix
+
+    run_dir = normalise(run_dir)
+    return run_dir if is_dir(run_dir) and not name_of(run_dir).endswith(".zarr") else strip_suffix(run_dir)
 
 
 def run_analysis(ds: xr.Dataset, *, quiet: bool = False, **options: Any) -> xr.DataTree:
@@ -36,26 +40,30 @@ def run_analysis(ds: xr.Dataset, *, quiet: bool = False, **options: Any) -> xr.D
         return run_guarded(mechgrok.analyze, ds, progress=progress, **options)
 
 
-def write_analysis_outputs(tree: xr.DataTree, target: Path, *, title: str) -> dict[str, Any]:
-    """Write ``analysis.zarr``, ``report.json`` and ``report.md`` into ``target``; print the summary table.
+def write_analysis_outputs(tree: xr.DataTree, target: str | Path, *, title: str) -> dict[str, Any]:
+    """Write ``analysis.zarr``, ``report.json`` and ``report.md`` into ``target`` (a path or an fsspec URL);
+    print the summary table.
 
     The reports are computed before anything is written, and each file is written aside and renamed into
-    place, so an error leaves no half-written file. The previous reports are removed before the new store is
-    swapped in, so a process killed in between never leaves reports of another analysis beside the store.
-    Returns the summary (:func:`mechgrok.summarise`).
+    place (at a URL: the store uploaded with its root ``zarr.json`` last, each report in one request), so an
+    error leaves no half-written file. The previous reports are removed before the new store is swapped in, so
+    a process killed in between never leaves reports of another analysis beside the store. Returns the summary
+    (:func:`mechgrok.summarise`).
     """
     import mechgrok
-    from mechgrok.rundir import write_atomic
+    from mechgrok.store.location import join, normalise, remove, write_text
 
     summary = run_guarded(mechgrok.summarise, tree)
     report_json = json.dumps(summary, indent=2)
     report_md = run_guarded(mechgrok.report_markdown, summary, title=title)
-    target.mkdir(parents=True, exist_ok=True)
+    target = normalise(target)
+    if isinstance(target, Path):
+        target.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "report.md"):  # a run killed after the store swap then leaves no stale report
-        (target / stale).unlink(missing_ok=True)
-    run_guarded(mechgrok.write_analysis, tree, target / "analysis.zarr")
-    write_atomic(target / "report.json", report_json)
-    write_atomic(target / "report.md", report_md)
+        run_guarded(remove, join(target, stale))
+    run_guarded(mechgrok.write_analysis, tree, join(target, "analysis.zarr"))
+    run_guarded(write_text, join(target, "report.json"), report_json)
+    run_guarded(write_text, join(target, "report.md"), report_md)
     print_summary(summary)
     return summary
 

@@ -12,7 +12,7 @@ from mechgrok_cli.app import app, fail, out, run_guarded
 
 @app.command()
 def train(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory to write (or to resume).")],
+    run_dir: Annotated[str, typer.Argument(help="Run directory to write (or to resume): a path or an fsspec URL (s3://bucket/run; docs/sweeps.md, Object storage).")],
     preset: Annotated[Optional[str], typer.Option(help="Configuration preset: 'quick' (the default, a minute or two on a CPU) or 'paper' (the paper's 40,000-epoch run); sequence tasks: 'digit_addition_{infinite,finite,quick}', 'repeated_subsequences_{infinite,finite,quick}'.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A config.json to use instead of a preset.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override the number of epochs (with --resume: extend the run to this many).")] = None,
@@ -27,13 +27,22 @@ def train(
     equals_token: Annotated[Optional[bool], typer.Option("--equals-token/--no-equals-token", help="Inputs a, b, = read out at = (the paper's, default) or a, b read out at b (the Pizza models').")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
-    zarr: Annotated[Optional[Path], typer.Option("--zarr", help="Also append each checkpoint to this Zarr store as training goes.")] = None,
+    zarr: Annotated[Optional[str], typer.Option("--zarr", help="Also append each checkpoint to this Zarr store (path or URL) as training goes.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train the paper's 1-layer transformer on (a + b) mod p (or a - b, a * b, a / b) and write a checkpoint trajectory."""
+    """Train the paper's 1-layer transformer on (a + b) mod p (or a - b, a * b, a / b) and write a checkpoint trajectory.
+
+    RUN_DIR may be a URL: the run is trained in a local working copy pushed there after every checkpoint, so
+    --resume continues it from the URL.
+    """
+    from mechgrok.store.location import is_remote, normalise
     from mechgrok_cli.train_sequence import is_sequence_request, train_sequence_run
 
-    if is_sequence_request(preset, config):  # n-digit addition, repeated subsequences (mechgrok.sequence_train)
+    if is_remote(run_dir) and is_sequence_request(preset, config):
+        fail(f"{run_dir}: the sequence tasks train into a local run directory only; train there, then copy it")
+    run_dir = normalise(run_dir)  # a local Path, or the URL (mechgrok.store.location)
+
+    if is_sequence_request(preset, config, run_dir, resume):  # n-digit addition, repeated subsequences (mechgrok.sequence_train)
         return train_sequence_run(run_dir, preset=preset, config=config, resume=resume, overwrite=overwrite,
                                   quiet=quiet, num_epochs=epochs, seed=seed, model_seed=model_seed, threads=threads,
                                   checkpoint_every=checkpoint_every)
@@ -74,8 +83,12 @@ def train(
     on_checkpoint = None
     if zarr is not None:
         from mechgrok.store import TrajectoryWriter
+        from mechgrok.store.location import exists
 
-        if zarr.exists() and not (resume or overwrite):
+        if is_remote(run_dir):
+            fail(f"--zarr: the run directory {run_dir} is a URL; train it, then `mechgrok ingest {run_dir} {zarr}`")
+        zarr = normalise(zarr)
+        if exists(zarr) and not (resume or overwrite):
             fail(f"{zarr}: already exists; pass --resume to continue it or --overwrite to replace it")
 
         on_checkpoint = run_guarded(TrajectoryWriter, zarr, run_dir=run_dir, overwrite=overwrite)
@@ -97,10 +110,13 @@ def train(
                     progress.update(task, completed=m.epoch, stats=stats)
 
             total = cfg.num_epochs
-            if resume:
-                from mechgrok.rundir import read_config, is_run_dir
-                if is_run_dir(run_dir):
-                    total = max(epochs or 0, run_guarded(read_config, run_dir).num_epochs)
+            if resume:  # the saved config's length (local or at a URL)
+                from mechgrok.store.location import exists, join, read_text
+
+                saved = join(run_dir, "config.json")
+                if exists(saved):
+                    saved_cfg = run_guarded(lambda: Config.from_json(read_text(saved), source=saved))
+                    total = max(epochs or 0, saved_cfg.num_epochs)
             progress.update(task, total=total)
             run_guarded(run_train, cfg, run_dir, resume=resume, overwrite=overwrite, on_epoch=on_epoch,
                         on_checkpoint=on_checkpoint, **extend)

@@ -99,6 +99,7 @@ _LAZY: dict[str, str] = {
     "run_sweep": "mechgrok.sweep",
     "open_sweep": "mechgrok.sweep",
     "grokking_epoch": "mechgrok.analyses.grokking_epoch",
+    "grokking_delay": "mechgrok.analyses.grokking_epoch",
     "change_onset": "mechgrok.analyses.early_warning",
     "lead_times": "mechgrok.analyses.early_warning",
     "summarise_leads": "mechgrok.analyses.early_warning",
@@ -134,7 +135,7 @@ if TYPE_CHECKING:  # pragma: no cover - for IDEs and type checkers only
     from mechgrok.toys.vector_competition import competition_bumps, competition_flow, rank_sweep
     from mechgrok.engine import select_epochs
     from mechgrok.analyses.early_warning import change_onset, lead_times, summarise_leads
-    from mechgrok.analyses.grokking_epoch import grokking_epoch
+    from mechgrok.analyses.grokking_epoch import grokking_delay, grokking_epoch
     from mechgrok.sweep import load_spec, open_sweep, run_sweep
     from mechgrok.pipeline import ANALYSES, analyze
     from mechgrok.report import report_markdown, summarise

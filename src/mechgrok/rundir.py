@@ -37,6 +37,7 @@ from mechgrok.errors import CheckpointError, RunDirError
 __all__ = [
     "RUN_FORMAT",
     "METRIC_COLUMNS",
+    "PUSH_LAST",
     "is_run_dir",
     "read_run_info",
     "checkpoint_path",
@@ -54,6 +55,9 @@ __all__ = [
 
 RUN_FORMAT = "mechgrok-run"
 METRIC_COLUMNS = ("epoch", "train_loss", "test_loss", "train_acc", "test_acc")
+#: The files of a run directory copied last to a URL (:class:`mechgrok.store.location.Mirror`), in this order: the
+#: resume state after the checkpoint and the metrics rows it needs, the commit record ``run.json`` after all.
+PUSH_LAST = ("state.safetensors", "run.json")
 _CKPT_RE = re.compile(r"^epoch_(\d+)\.safetensors$")
 
 

@@ -13,7 +13,18 @@ Recipe (the authors', tasks.md sections 1-2): AdamW with decoupled weight decay 
 :mod:`mechgrok.tasks.repeated_subsequences`, the 85/84 factor kept). Metrics of epoch e: the train loss is the
 mean loss of that epoch's batches, each taken before its optimiser step; the test loss is that of the weights at
 the start of epoch e, which are the weights of checkpoint e. Training runs on ``cfg.threads`` threads with
-deterministic algorithms (both restored afterwards). There is no resume: a run is short or restarted.
+deterministic algorithms (both restored afterwards).
+
+Resume (as the modular trainer, :func:`mechgrok.train.train`): at every checkpoint, after the checkpoint and the
+metric rows before it, ``state.safetensors`` is written with the weights (``weights.<name>``), the AdamW moments
+(``adam.<name>.exp_avg``, ``adam.<name>.exp_avg_sq``, ``adam.<name>.step``), the state of the data stream
+(``rng.*``: the ``np.random.RandomState`` of the induction data or the ``torch.Generator`` of the addition data,
+as it stands before the checkpoint's epoch draws its batch; ``shuffle.torch_state``: the batch order of finite
+data) and ``epoch``. ``train_sequence(cfg, run, resume=True)`` reloads it, drops the metric rows from that epoch
+on and continues with the saved ``config.json``: checkpoints, ``metrics.csv`` and the final state are bit-identical
+to an uninterrupted run in the same environment (a resume in another one warns,
+:class:`mechgrok.train.ReproducibilityWarning`). ``num_epochs`` may only extend the run; ``run.json`` lists every
+resume under ``resumes``.
 """
 
 from __future__ import annotations
@@ -27,14 +38,17 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from mechgrok import __version__
-from mechgrok.errors import RunDirError
+from mechgrok.errors import ConfigError, RunDirError
 from mechgrok.models.causal_transformer import SequenceTransformer
-from mechgrok.rundir import RUN_FORMAT, checkpoint_path, is_run_dir, save_safetensors_atomic, write_atomic
+from mechgrok.rundir import (checkpoint_path, is_run_dir, read_checkpoint, read_run_info, read_text,
+                             save_safetensors_atomic, write_atomic)
 from mechgrok.sequence_config import SequenceConfig
+from mechgrok.store.lock import hold
+from mechgrok.store.sequence_run import is_sequence_run, read_sequence_config
 from mechgrok.tasks import digit_addition as add
 from mechgrok.tasks import repeated_subsequences as rep
-from mechgrok.train import training_environment
+from mechgrok.train import (check_environment, remove_temp_files, unfinished_start, write_run_json,
+                            training_environment)
 
 __all__ = ["train_sequence", "metric_columns", "task_batch", "batch_loss"]
 
@@ -94,22 +108,32 @@ def _fmt(v: float | None) -> str:
 
 
 def train_sequence(
-    cfg: SequenceConfig,
+    cfg: SequenceConfig | None,
     run_dir: str | Path,
     *,
+    resume: bool = False,
     overwrite: bool = False,
     on_epoch: Callable[[int, float, float | None], None] | None = None,
+    num_epochs: int | None = None,
 ) -> Path:
     """Train a sequence-task model and write a run directory (module docstring).
 
     Parameters
     ----------
-    cfg : SequenceConfig
+    cfg : SequenceConfig or None
+        The run's configuration (ignored with ``resume=True``: the saved ``config.json`` is used; may be None).
     run_dir : str or Path
+    resume : bool
+        Continue an interrupted run from its last checkpoint (``state.safetensors``); the checkpoints and
+        ``metrics.csv`` are bit-identical to an uninterrupted run's in the same environment. A run killed before
+        it wrote ``run.json`` starts again from its saved config.
     overwrite : bool
         Replace an existing run directory (only a mechgrok run directory or an empty folder is removed).
     on_epoch : callable, optional
         ``on_epoch(epoch, train_loss, test_loss or None)`` after every epoch (progress display).
+    num_epochs : int, optional
+        With ``resume=True``: train on to this many epochs (at least the saved config's; ``config.json`` is
+        updated). The run then equals an uninterrupted run of that length.
 
     Returns
     -------
@@ -119,7 +143,17 @@ def train_sequence(
     Raises
     ------
     RunDirError
-        If ``run_dir`` exists without ``overwrite``, or is not a run directory.
+        If ``run_dir`` exists without ``resume``/``overwrite``, ``resume`` is asked of a folder that is not a
+        sequence-task run directory, or a resumed run's ``metrics.csv`` is missing or does not hold the rows before
+        its last checkpoint; if another ``train`` is writing the run.
+    ConfigError
+        If ``num_epochs`` is less than the saved config's, or the saved config is invalid.
+
+    Warns
+    -----
+    ReproducibilityWarning
+        With ``resume=True``, if the run started in another environment (:func:`mechgrok.train.
+        training_environment`) or its ``run.json`` records none.
 
     Examples
     --------
@@ -130,27 +164,132 @@ def train_sequence(
     >>> run = train_sequence(cfg, tempfile.mkdtemp() + "/run")
     >>> sorted(p.name for p in (run / "checkpoints").iterdir())
     ['epoch_000000.safetensors', 'epoch_000002.safetensors', 'epoch_000003.safetensors']
+    >>> run = train_sequence(None, run, resume=True, num_epochs=4)  # extend it by one epoch
+    >>> from mechgrok.rundir import read_run_info
+    >>> read_run_info(run)["resumes"][0]["epoch"], read_run_info(run)["complete"]
+    (3, True)
     """
     run_dir = Path(run_dir)
+    if not resume and cfg is None:
+        raise ConfigError("a new sequence-task run needs a SequenceConfig", path=run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with hold(run_dir, kind="train", timeout=0, error=RunDirError,
+              busy="another mechgrok train is writing this run directory"):
+        cfg, resume = _prepare_dir(run_dir, cfg, resume=resume, overwrite=overwrite, num_epochs=num_epochs)
+        with _numerics(cfg.threads):
+            _train(cfg, run_dir, resume, on_epoch)
+    return run_dir
+
+
+def _prepare_dir(run_dir: Path, cfg: SequenceConfig | None, *, resume: bool, overwrite: bool,
+                 num_epochs: int | None) -> tuple[SequenceConfig, bool]:
+    """The config to train with and whether to resume (False for a run killed before it wrote run.json)."""
+    if resume:
+        if unfinished_start(run_dir):
+            if not (run_dir / "config.json").is_file():
+                raise RunDirError("cannot resume: the run was stopped before it wrote config.json; start it again "
+                                  "with --overwrite", path=run_dir)
+            saved = _extended(read_sequence_config(run_dir), num_epochs, run_dir)
+            shutil.rmtree(run_dir)  # nothing but the first files: start again with the saved config
+            run_dir.mkdir(parents=True)
+            return saved, False
+        if not is_run_dir(run_dir):
+            raise RunDirError("cannot resume: not a mechgrok run directory", path=run_dir)
+        if not is_sequence_run(run_dir):
+            raise RunDirError("cannot resume: config.json names no sequence task (a modular run resumes through "
+                              "mechgrok.train.train)", path=run_dir)
+        remove_temp_files(run_dir)
+        saved = read_sequence_config(run_dir)
+        extended = _extended(saved, num_epochs, run_dir)
+        if extended != saved:
+            write_atomic(run_dir / "config.json", json.dumps(extended.to_dict(), indent=2, sort_keys=True))
+        return extended, True
+    assert cfg is not None
     if run_dir.exists():
         if not overwrite:
-            raise RunDirError("already exists; pass --overwrite to replace it", path=run_dir)
-        if run_dir.is_dir() and (is_run_dir(run_dir) or not any(run_dir.iterdir())):
+            raise RunDirError("already exists; pass --resume to continue it or --overwrite to replace it", path=run_dir)
+        if run_dir.is_dir() and (is_run_dir(run_dir) or not any(run_dir.iterdir()) or unfinished_start(run_dir)):
             shutil.rmtree(run_dir)
         else:
             raise RunDirError("--overwrite refused: the folder is not a mechgrok run directory", path=run_dir)
     run_dir.mkdir(parents=True)
+    return cfg, False
+
+
+def _extended(saved: SequenceConfig, num_epochs: int | None, run_dir: Path) -> SequenceConfig:
+    """The saved config, with ``num_epochs`` raised to ``num_epochs`` where given (a resume that extends a run)."""
+    if num_epochs is None or num_epochs == saved.num_epochs:
+        return saved
+    if num_epochs < saved.num_epochs:
+        raise ConfigError(f"cannot shorten the run on resume: it is set to {saved.num_epochs} epochs, asked "
+                          f"{num_epochs}; only more epochs can be added", path=run_dir / "config.json")
+    return saved.replace(num_epochs=int(num_epochs))
+
+
+def _stream_state(stream: Any, shuffle: torch.Generator) -> dict[str, torch.Tensor]:
+    """The data stream's and the batch order's generator states as tensors (module docstring)."""
+    out = {"shuffle.torch_state": shuffle.get_state()}
+    if isinstance(stream, torch.Generator):
+        out["rng.torch_state"] = stream.get_state()
+    else:
+        name, keys, pos, has_gauss, gauss = stream.get_state()
+        out.update({"rng.mt19937_keys": torch.from_numpy(keys.astype(np.int64)),
+                    "rng.pos_has_gauss": torch.tensor([pos, has_gauss], dtype=torch.int64),
+                    "rng.cached_gaussian": torch.tensor([gauss], dtype=torch.float64)})
+    return out
+
+
+def _set_stream_state(stream: Any, shuffle: torch.Generator, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        shuffle.set_state(state["shuffle.torch_state"])
+        if isinstance(stream, torch.Generator):
+            stream.set_state(state["rng.torch_state"])
+        else:
+            pos, has_gauss = (int(v) for v in state["rng.pos_has_gauss"])
+            stream.set_state(("MT19937", state["rng.mt19937_keys"].numpy().astype(np.uint32), pos, has_gauss,
+                              float(state["rng.cached_gaussian"][0])))
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise RunDirError(f"the resume state has no valid data-stream state ({e}); start the run again with "
+                          "--overwrite", path=path) from None
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer, model: SequenceTransformer) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, param in model.weights.items():
+        st = opt.state.get(param)
+        if st:
+            out[f"adam.{name}.exp_avg"] = st["exp_avg"]
+            out[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"]
+            out[f"adam.{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    return out
+
+
+def _load_state(model: SequenceTransformer, opt: torch.optim.Optimizer, state: dict[str, torch.Tensor],
+                path: Path) -> None:
+    try:
+        with torch.no_grad():
+            for name, param in model.weights.items():
+                param.copy_(state[f"weights.{name}"])
+        for name, param in model.weights.items():
+            if f"adam.{name}.exp_avg" in state:
+                opt.state[param] = {"step": state[f"adam.{name}.step"].reshape(()).clone(),
+                                    "exp_avg": state[f"adam.{name}.exp_avg"].clone(),
+                                    "exp_avg_sq": state[f"adam.{name}.exp_avg_sq"].clone()}
+    except (KeyError, RuntimeError) as e:
+        raise RunDirError(f"the resume state does not fit the config ({e}); start the run again with --overwrite",
+                          path=path) from None
+
+
+def _train(cfg: SequenceConfig, run_dir: Path, resume: bool,
+           on_epoch: Callable[[int, float, float | None], None] | None) -> None:
     env = training_environment(cfg.threads)
-    info = {"format": RUN_FORMAT, "version": __version__, "task": cfg.task, "environment": env, "resumes": []}
-    write_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-    write_atomic(run_dir / "run.json", json.dumps({**info, "complete": False}, indent=2))
-    with _numerics(cfg.threads):
-        _train(cfg, run_dir, on_epoch)
-    write_atomic(run_dir / "run.json", json.dumps({**info, "complete": True}, indent=2))
-    return run_dir
-
-
-def _train(cfg: SequenceConfig, run_dir: Path, on_epoch: Callable[[int, float, float | None], None] | None) -> None:
+    metrics = run_dir / "metrics.csv"
+    header = ",".join(metric_columns(cfg)) + "\n"
+    if not resume:
+        write_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        info: dict[str, Any] = {"task": cfg.task, "environment": env, "resumes": []}
+        write_run_json(run_dir, info, complete=False)
+        write_atomic(metrics, header)
     model = SequenceTransformer(cfg.sizes(), seed=cfg.model_seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     test = task_batch(cfg, cfg.test_size, seed=cfg.seed + 1)
@@ -160,18 +299,46 @@ def _train(cfg: SequenceConfig, run_dir: Path, on_epoch: Callable[[int, float, f
         stream = np.random.RandomState(cfg.seed)
     train_set = task_batch(cfg, cfg.n_train, stream=stream) if cfg.finite else None
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    metrics = run_dir / "metrics.csv"
-    write_atomic(metrics, ",".join(metric_columns(cfg)) + "\n")
+    start = 0
+    state_file = run_dir / "state.safetensors"
+    if resume:
+        if state_file.is_file():
+            state = read_checkpoint(state_file)
+            try:
+                start = int(state.pop("epoch").item())
+            except (KeyError, RuntimeError, ValueError):
+                raise RunDirError("the resume state has no epoch; start the run again with --overwrite",
+                                  path=state_file) from None
+            _load_state(model, opt, state, state_file)
+            _set_stream_state(stream, shuffle, state, state_file)
+        _truncate_metrics(metrics, start, header)  # killed before the first checkpoint: from scratch
+        info = read_run_info(run_dir)
+        check_environment(run_dir, info.get("environment"), env, start)
+        info.setdefault("environment", None)
+        info["resumes"] = [*info.get("resumes", []), {"epoch": start, "environment": env}]
+        write_run_json(run_dir, info, complete=False)
     pending: list[str] = []
-    for epoch in range(cfg.num_epochs + 1):
+
+    def flush() -> None:
+        with open(metrics, "a") as f:
+            f.writelines(pending)
+        pending.clear()
+
+    for epoch in range(start, cfg.num_epochs + 1):
         test_loss, test_tok = None, None
         if epoch % cfg.test_every == 0 or epoch == cfg.num_epochs:
             with torch.no_grad():
                 tl, tt = batch_loss(cfg, model(test.tokens).logits, test)
                 test_loss, test_tok = float(tl), tt
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs:
-            save_safetensors_atomic(checkpoint_path(run_dir, epoch), model.state_dict_tl(),
-                                    metadata={"epoch": str(epoch)})
+            with hold(run_dir, error=RunDirError, busy="a mechgrok process is reading this run directory"):
+                save_safetensors_atomic(checkpoint_path(run_dir, epoch), model.state_dict_tl(),
+                                        metadata={"epoch": str(epoch)})
+                flush()  # the rows of the epochs before this checkpoint
+                state = {**{f"weights.{k}": v.detach().clone() for k, v in model.weights.items()},
+                         **_optimizer_tensors(opt, model), **_stream_state(stream, shuffle),
+                         "epoch": torch.tensor([epoch], dtype=torch.int64)}
+                save_safetensors_atomic(state_file, state)
         if epoch == cfg.num_epochs:  # the final weights are measured, not trained further
             with torch.no_grad():
                 data = train_set if cfg.finite else task_batch(cfg, cfg.batch_size, stream=stream)
@@ -196,12 +363,49 @@ def _train(cfg: SequenceConfig, run_dir: Path, on_epoch: Callable[[int, float, f
         pending.append(_row(cfg, epoch, losses, toks, test_loss, test_tok))
         if on_epoch is not None:
             on_epoch(epoch, float(np.mean(losses)), test_loss)
-        if (epoch + 1) % cfg.checkpoint_every == 0 or len(pending) >= 1000:
-            with open(metrics, "a") as f:
-                f.writelines(pending)
-            pending.clear()
-    with open(metrics, "a") as f:
-        f.writelines(pending)
+        if len(pending) >= 1000:
+            flush()
+    flush()
+    write_run_json(run_dir, info, complete=True)
+
+
+def _truncate_metrics(path: Path, epoch: int, header: str) -> None:
+    """Keep the header and the rows of the epochs before ``epoch`` (those from it on are written again).
+
+    Raises
+    ------
+    RunDirError
+        If ``metrics.csv`` is missing (with rows to keep), has another header, or its rows before ``epoch`` are
+        not those of epochs 0 .. epoch - 1, whole.
+    """
+    if epoch == 0 and not path.exists():
+        write_atomic(path, header)
+        return
+    if not path.exists():
+        raise RunDirError(f"cannot resume at epoch {epoch}: metrics.csv is missing, so the curves of the epochs "
+                          "before it are lost; start the run again with --overwrite", path=path.parent)
+    lines = read_text(path).splitlines()
+    if not lines or lines[0] != header.strip():
+        raise RunDirError(f"metrics.csv must start with the header {header.strip()}", path=path)
+    ncol = header.count(",") + 1
+    kept = []
+    for n, line in enumerate(lines[1:], start=2):
+        fields = line.split(",")
+        try:
+            row_epoch = int(fields[0])
+            [float(v) for v in fields[1:] if v]
+        except ValueError:
+            row_epoch = None
+        if row_epoch is not None and row_epoch >= epoch:
+            break
+        if row_epoch is None or len(fields) != ncol or row_epoch != len(kept):
+            raise RunDirError(f"cannot resume at epoch {epoch}: line {n} of metrics.csv is not the row of epoch "
+                              f"{len(kept)}", path=path)
+        kept.append(line + "\n")
+    if len(kept) != epoch:
+        raise RunDirError(f"cannot resume at epoch {epoch}: metrics.csv lacks the rows from epoch {len(kept)} on",
+                          path=path)
+    write_atomic(path, header + "".join(kept))
 
 
 def _row(cfg: SequenceConfig, epoch: int, losses: list[float], toks: list[Any], test_loss: float | None,

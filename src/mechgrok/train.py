@@ -30,12 +30,13 @@ import torch
 from mechgrok import __version__
 from mechgrok.config import Config
 from mechgrok.tasks.modular_arithmetic import grid_labels, grid_tokens, split_indices
-from mechgrok.errors import ConfigError, RunDirError
+from mechgrok.errors import ConfigError, MechgrokError, RunDirError
 from mechgrok.tasks.loss import accuracy, cross_entropy, cross_entropy_float32
 from mechgrok.models.transformer import PARAM_KEYS, Transformer
 from mechgrok.store.lock import hold
 from mechgrok.rundir import (
     METRIC_COLUMNS,
+    PUSH_LAST,
     RUN_FORMAT,
     checkpoint_path,
     is_run_dir,
@@ -47,7 +48,8 @@ from mechgrok.rundir import (
     write_atomic,
 )
 
-__all__ = ["train", "EpochMetrics", "ReproducibilityWarning", "training_environment"]
+__all__ = ["train", "EpochMetrics", "ReproducibilityWarning", "training_environment", "check_environment", "remove_temp_files",
+           "unfinished_start", "write_run_json"]
 
 
 class ReproducibilityWarning(UserWarning):
@@ -134,7 +136,7 @@ def _is_temp_file(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def _unfinished_start(run_dir: Path) -> bool:
+def unfinished_start(run_dir: Path) -> bool:
     """Whether ``run_dir`` is a run killed before its ``run.json`` existed: nothing but the first files
     (:data:`_START_FILES`) and temporary files."""
     return (run_dir.is_dir() and not is_run_dir(run_dir)
@@ -142,7 +144,8 @@ def _unfinished_start(run_dir: Path) -> bool:
             and all(f.is_file() for f in run_dir.iterdir()))
 
 
-def _remove_temp_files(run_dir: Path) -> None:
+def remove_temp_files(run_dir: Path) -> None:
+    """Delete the temporary files a killed write left in ``run_dir`` and its ``checkpoints/`` (before a resume)."""
     for folder in (run_dir, run_dir / "checkpoints"):
         if folder.is_dir():
             for f in folder.iterdir():
@@ -154,7 +157,7 @@ def _prepare_dir(run_dir: Path, cfg: Config, *, resume: bool, overwrite: bool,
                  num_epochs: int | None) -> tuple[Config, bool]:
     """The config to train with and whether to resume (False for a run killed before it wrote run.json)."""
     if resume:
-        if _unfinished_start(run_dir):
+        if unfinished_start(run_dir):
             if not (run_dir / "config.json").is_file():
                 raise RunDirError("cannot resume: the run was stopped before it wrote config.json; start it again "
                                   "with --overwrite", path=run_dir)
@@ -164,7 +167,7 @@ def _prepare_dir(run_dir: Path, cfg: Config, *, resume: bool, overwrite: bool,
             return saved, False
         if not is_run_dir(run_dir):
             raise RunDirError("cannot resume: not a mechgrok run directory", path=run_dir)
-        _remove_temp_files(run_dir)
+        remove_temp_files(run_dir)
         saved = read_config(run_dir)
         extended = _extended(saved, num_epochs, run_dir)
         if extended != saved:
@@ -173,7 +176,7 @@ def _prepare_dir(run_dir: Path, cfg: Config, *, resume: bool, overwrite: bool,
     if run_dir.exists():
         if not overwrite:
             raise RunDirError("already exists; pass --resume to continue it or --overwrite to replace it", path=run_dir)
-        if run_dir.is_dir() and (is_run_dir(run_dir) or not any(run_dir.iterdir()) or _unfinished_start(run_dir)):
+        if run_dir.is_dir() and (is_run_dir(run_dir) or not any(run_dir.iterdir()) or unfinished_start(run_dir)):
             shutil.rmtree(run_dir)
         else:
             raise RunDirError("--overwrite refused: the folder is not a mechgrok run directory", path=run_dir)
@@ -191,13 +194,14 @@ def _extended(saved: Config, num_epochs: int | None, run_dir: Path) -> Config:
     return saved.replace(num_epochs=int(num_epochs))
 
 
-def _write_run_json(run_dir: Path, info: dict[str, Any], *, complete: bool) -> None:
+def write_run_json(run_dir: Path, info: dict[str, Any], *, complete: bool) -> None:
+    """Write ``run.json`` atomically: the format, mechgrok's version, ``complete`` and the rest of ``info``."""
     rest = {k: v for k, v in info.items() if k not in ("format", "version", "complete")}
     doc = {"format": RUN_FORMAT, "version": __version__, "complete": complete, **rest}
     write_atomic(run_dir / "run.json", json.dumps(doc, indent=2))
 
 
-def _check_environment(run_dir: Path, recorded: dict[str, Any] | None, current: dict[str, Any], epoch: int) -> None:
+def check_environment(run_dir: Path, recorded: dict[str, Any] | None, current: dict[str, Any], epoch: int) -> None:
     """Warn when a resume continues in another environment than the run started in."""
     if recorded is None:
         warnings.warn(
@@ -250,7 +254,7 @@ def train(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     on_checkpoint: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     num_epochs: int | None = None,
-) -> Path:
+) -> Path | str:
     """Train the paper's model and write a run directory.
 
     Parameters
@@ -258,7 +262,12 @@ def train(
     cfg : Config
         The run configuration (ignored with ``resume=True``: the saved one is used).
     run_dir : str or Path
-        Output folder (layout in :mod:`mechgrok.rundir`).
+        Output folder (layout in :mod:`mechgrok.rundir`): a local path, or an fsspec URL (``s3://bucket/run``,
+        ``memory://...``; :mod:`mechgrok.store.location`). A run at a URL is trained in a local working copy that
+        is pushed to the URL after every checkpoint (new checkpoint, ``metrics.csv``, then the resume state,
+        ``run.json`` last; :class:`mechgrok.store.location.Mirror`), so ``resume=True`` continues an interrupted
+        run from its last pushed checkpoint, bit-identical as locally. There is no lock on object stores: one
+        ``train`` per URL at a time is the caller's duty.
     resume : bool
         Continue an interrupted run from its last checkpoint; the final weights are identical to an
         uninterrupted run. A run killed before it wrote ``run.json`` starts again from its saved config.
@@ -274,14 +283,16 @@ def train(
 
     Returns
     -------
-    Path
-        The run directory.
+    Path or str
+        The run directory (the URL for a URL).
 
     Raises
     ------
     RunDirError
         If ``run_dir`` exists without ``resume``/``overwrite``, ``resume`` is asked of a non-run folder, or a
         resumed run's ``metrics.csv`` is missing or unreadable.
+    StoreError
+        If a run at a URL cannot be downloaded or pushed.
     ConfigError
         If ``num_epochs`` is less than the saved config's.
 
@@ -296,7 +307,13 @@ def train(
     Training runs on ``cfg.threads`` threads with ``torch.use_deterministic_algorithms(True)``; both settings
     are restored on return. ``run.json`` records the environment the run started in and every resume's.
     """
-    run_dir = Path(run_dir)
+    from mechgrok.store.location import normalise
+
+    target = normalise(run_dir)
+    if isinstance(target, str):  # an object-store URL: a local working copy, pushed at every checkpoint
+        return _train_remote(cfg, target, resume=resume, overwrite=overwrite, on_epoch=on_epoch,
+                             on_checkpoint=on_checkpoint, num_epochs=num_epochs)
+    run_dir = target
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with hold(run_dir, kind="train", timeout=0, error=RunDirError,
               busy="another mechgrok train is writing this run directory"):
@@ -304,6 +321,54 @@ def train(
         with _pinned_numerics(cfg.threads):
             _train(cfg, run_dir, resume=resume, on_epoch=on_epoch, on_checkpoint=on_checkpoint)
     return run_dir
+
+
+def _at_url(e: MechgrokError, local: Path, url: str) -> MechgrokError:
+    """``e`` naming the file at the URL instead of its local working copy."""
+    if e.path is None or not isinstance(e.path, Path):
+        return e
+    try:
+        rel = e.path.relative_to(local)
+    except ValueError:
+        return e
+    try:
+        return type(e)(e.reason, path=url if rel == Path(".") else f"{url}/{rel.as_posix()}")
+    except TypeError:  # a subclass with another signature
+        return e
+
+
+def _train_remote(cfg: Config, url: str, *, resume: bool, overwrite: bool,
+                  on_epoch: Callable[[EpochMetrics], None] | None,
+                  on_checkpoint: Callable[[int, dict[str, torch.Tensor]], None] | None,
+                  num_epochs: int | None) -> str:
+    """:func:`train` into a run directory at a URL (see its ``run_dir``)."""
+    import tempfile
+
+    from mechgrok.store.location import Mirror, exists, is_dir, name_of
+
+    if exists(url):
+        if not is_dir(url):
+            raise RunDirError("exists and is not a folder", path=url)
+        if not (resume or overwrite):
+            raise RunDirError("already exists; pass --resume to continue it or --overwrite to replace it", path=url)
+    with tempfile.TemporaryDirectory(prefix="mechgrok-train-") as tmp:
+        mirror = Mirror(url, Path(tmp) / (name_of(url) or "run"))
+        try:
+            if mirror.pull() and overwrite:  # checked and cleared as locally, and at the URL before training starts
+                _prepare_dir(mirror.local, cfg, resume=False, overwrite=True, num_epochs=num_epochs)
+                mirror.push()
+
+            def pushed(epoch: int, weights: dict[str, torch.Tensor]) -> None:
+                mirror.push(last=PUSH_LAST)
+                if on_checkpoint is not None:
+                    on_checkpoint(epoch, weights)
+
+            train(cfg, mirror.local, resume=resume, overwrite=overwrite, on_epoch=on_epoch, on_checkpoint=pushed,
+                  num_epochs=num_epochs)
+            mirror.push(last=PUSH_LAST)  # run.json says complete only once everything else is there
+        except MechgrokError as e:
+            raise _at_url(e, mirror.local, url) from None
+    return url
 
 
 def _train(
@@ -324,7 +389,7 @@ def _train(
         write_atomic(run_dir / "split.json", json.dumps(split))
         write_atomic(run_dir / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n")
         info: dict[str, Any] = {"environment": env, "resumes": []}
-        _write_run_json(run_dir, info, complete=False)
+        write_run_json(run_dir, info, complete=False)
 
     tokens, labels = grid_tokens(p, equals_token=cfg.equals_token), grid_labels(p, cfg.operation)
     tr_idx, te_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
@@ -348,11 +413,11 @@ def _train(
         _truncate_metrics(run_dir / "metrics.csv", 0)
     if resume:
         info = read_run_info(run_dir)
-        _check_environment(run_dir, info.get("environment"), env, start)
+        check_environment(run_dir, info.get("environment"), env, start)
         if "environment" not in info:
             info["environment"] = None
         info["resumes"] = [*info.get("resumes", []), {"epoch": start, "environment": env}]
-        _write_run_json(run_dir, info, complete=False)
+        write_run_json(run_dir, info, complete=False)
 
     loss_fn = cross_entropy_float32 if cfg.loss_dtype == "float32" else cross_entropy  # float32: slingshot studies
     pending: list[str] = []
@@ -391,7 +456,7 @@ def _train(
         opt.step()
 
     # checkpoints beyond the end (from an earlier, longer run with the same name) cannot exist: fresh dir or resume
-    _write_run_json(run_dir, info, complete=True)
+    write_run_json(run_dir, info, complete=True)
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:

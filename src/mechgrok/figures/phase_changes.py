@@ -62,14 +62,21 @@ def plot_phase_changes(curve: xr.DataArray, pc: xr.Dataset, *, title: str = "") 
 
 
 def plot_head_scores(ind: xr.Dataset) -> Figure:
-    """Previous-token and induction scores of every head over checkpoints, with the loss on a second axis."""
+    """Previous-token and induction scores of every head over checkpoints (the induction score's baseline dotted,
+    where measured), with the loss on a second axis; each circuit head's formation epoch is marked with a dot."""
     fig = new_figure(FULL_WIDTH, 3.0)
     axes = fig.subplots(1, 2, sharey=True)
     e = ind["checkpoint"].values
-    for ax, var, name in ((axes[0], "prev_token_score", "previous-token score"),
-                          (axes[1], "induction_score", "induction score")):
+    for ax, var, name, formed in ((axes[0], "prev_token_score", "previous-token score", "prev_token_formed"),
+                                  (axes[1], "induction_score", "induction score (baseline dotted)",
+                                   "induction_formed")):
         for i, (l, h) in enumerate(np.ndindex(ind.sizes["layer"], ind.sizes["head"])):
             ax.plot(e, ind[var].values[:, l, h], color=key_freq_color(i), lw=1.0, label=f"{l}.{h}")
+            if var == "induction_score" and "induction_baseline" in ind:
+                ax.plot(e, ind["induction_baseline"].values[:, l, h], color=key_freq_color(i), lw=0.8, ls=":")
+            at = float(ind[formed].values[l, h]) if formed in ind else float("nan")
+            if np.isfinite(at):
+                ax.plot([at], [float(ind[var].sel(checkpoint=at).values[l, h])], "o", color=key_freq_color(i), ms=4)
         twin = ax.twinx()
         twin.plot(e, ind["loss"].values, color="#555555", lw=1.0, ls="--")
         twin.set_ylabel("loss (nats, dashed)")

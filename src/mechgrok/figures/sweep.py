@@ -1,9 +1,11 @@
 """The figures of a sweep: phase diagrams, test-loss curves of every run, early-warning leads.
 
 * **Phase diagram** (:func:`phase_diagram`): the grokking epoch and the phase boundaries (memorisation,
-  circuit-formation and cleanup ends) over the swept fields. Seeds (``seed``, ``model_seed``) are the spread,
-  never an axis. One other swept field: lines (mean over seeds) with every seed as a dot and the min-max band;
-  two: heatmaps of the seed mean, one panel per quantity, annotated; more: the first two as the heatmap axes,
+  circuit-formation and cleanup ends) over the swept fields, and the grokking delay (epochs from memorisation to
+  generalisation, :func:`mechgrok.analyses.grokking_epoch.grokking_delay`) where the runs have it. Seeds
+  (``seed``, ``model_seed``) are the spread, never an axis. One other swept field: lines (mean over seeds) with
+  every seed as a dot and the min-max band, the epochs in one panel and the grokking delay in a second; two:
+  heatmaps of the seed mean, one panel per quantity, annotated; more: the first two as the heatmap axes,
   averaged over the rest (said in the title).
 * **Test-loss curves** (:func:`loss_curves`): every run's test loss against epochs, coloured by the first swept
   field.
@@ -25,7 +27,8 @@ from matplotlib.figure import Figure
 from mechgrok.errors import AnalysisError, StoreError
 from mechgrok.figures.style import COLORS, PNG_DPI, key_freq_color, new_figure, paper_style
 
-__all__ = ["SEED_FIELDS", "PHASE_QUANTITIES", "phase_diagram", "loss_curves", "lead_figure", "write_sweep_figures"]
+__all__ = ["SEED_FIELDS", "PHASE_QUANTITIES", "DURATIONS", "phase_diagram", "loss_curves", "lead_figure",
+           "write_sweep_figures"]
 
 #: Swept fields treated as repetitions (the spread), never as axes.
 SEED_FIELDS = ("seed", "model_seed")
@@ -35,7 +38,10 @@ PHASE_QUANTITIES = {
     "memorisation_end": "memorisation ends",
     "circuit_formation_end": "circuit formation ends",
     "cleanup_end": "cleanup ends",
+    "grokking_delay": "grokking delay",
 }
+#: Quantities that are durations (epochs between two events), drawn in their own panel of the line diagram.
+DURATIONS = ("grokking_delay",)
 
 
 def _fields(ds: xr.Dataset) -> tuple[list[str], list[str]]:
@@ -52,6 +58,36 @@ def _quantities(ds: xr.Dataset) -> list[str]:
 
 def _fmt(v: float) -> str:
     return "-" if not np.isfinite(v) else f"{v:.0f}" if abs(v) >= 10 else f"{v:.2g}"
+
+
+def _lines(ax, ds: xr.Dataset, qs: list[str], x_name: str | None, *, offset: int = 0) -> None:
+    """Draw ``qs`` against ``x_name``: the seed mean as a line, every seed as a dot, the min-max band."""
+    for k, q in enumerate(qs):
+        v = ds[q]
+        if x_name is None:
+            xs = np.zeros(1)
+            pts = v.values.reshape(1, -1)
+        else:
+            v = v.transpose(x_name, ...)
+            xs = np.asarray(v[x_name].values, dtype=float)
+            pts = v.values.reshape(xs.size, -1)
+        color = key_freq_color(k + offset)
+        fin = np.isfinite(pts)
+        n = fin.sum(axis=1)
+        mean = np.where(n > 0, np.where(fin, pts, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+        ax.plot(xs, mean, "-o", color=color, ms=3, label=PHASE_QUANTITIES[q])
+        if pts.shape[1] > 1:
+            lo = np.where(n > 0, np.where(fin, pts, np.inf).min(axis=1), np.nan)
+            hi = np.where(n > 0, np.where(fin, pts, -np.inf).max(axis=1), np.nan)
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
+            for col in range(pts.shape[1]):
+                ax.plot(xs, pts[:, col], ".", color=color, ms=2.5, alpha=0.7)
+    ax.set_xlabel(x_name or "")
+    finite = np.concatenate([ds[q].values.ravel() for q in qs])
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if finite.size and finite.max() / max(finite.min(), 1) > 30:
+        ax.set_yscale("log")
+    ax.legend()
 
 
 def phase_diagram(ds: xr.Dataset) -> Figure:
@@ -103,38 +139,17 @@ def phase_diagram(ds: xr.Dataset) -> Figure:
             for ax in list(grid.flat)[len(qs):]:
                 ax.set_visible(False)
         else:
-            fig = new_figure(height=2.8)
-            ax = fig.subplots()
             x_name = axes_f[0] if axes_f else None
-            for k, q in enumerate(qs):
-                v = ds[q]
-                if x_name is None:
-                    xs = np.zeros(1)
-                    pts = v.values.reshape(1, -1)
-                else:
-                    v = v.transpose(x_name, ...)
-                    xs = np.asarray(v[x_name].values, dtype=float)
-                    pts = v.values.reshape(xs.size, -1)
-                color = key_freq_color(k)
-                fin = np.isfinite(pts)
-                n = fin.sum(axis=1)
-                mean = np.where(n > 0, np.where(fin, pts, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
-                ax.plot(xs, mean, "-o", color=color, ms=3, label=PHASE_QUANTITIES[q])
-                if pts.shape[1] > 1:
-                    lo = np.where(n > 0, np.where(fin, pts, np.inf).min(axis=1), np.nan)
-                    hi = np.where(n > 0, np.where(fin, pts, -np.inf).max(axis=1), np.nan)
-                    ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
-                    for col in range(pts.shape[1]):
-                        ax.plot(xs, pts[:, col], ".", color=color, ms=2.5, alpha=0.7)
-            ax.set_xlabel(x_name or "")
-            ax.set_ylabel("epochs")
-            finite = np.concatenate([ds[q].values.ravel() for q in qs])
-            finite = finite[np.isfinite(finite) & (finite > 0)]
-            if finite.size and finite.max() / max(finite.min(), 1) > 30:
-                ax.set_yscale("log")
+            panels = [p for p in ([q for q in qs if q not in DURATIONS], [q for q in qs if q in DURATIONS]) if p]
+            fig = new_figure(height=2.8)
             spread = f"; seeds ({', '.join(seeds)}) as dots and min-max band" if seeds else ""
-            ax.set_title(f"phase diagram{spread}")
-            ax.legend()
+            for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False).flat, panels):
+                _lines(ax, ds, panel, x_name, offset=qs.index(panel[0]))
+                is_delay = panel[0] in DURATIONS
+                ax.set_title(("grokking delay" if is_delay else "phase diagram") + ("" if len(panels) > 1 else spread))
+                ax.set_ylabel("epochs after memorisation" if is_delay else "epochs")
+            if len(panels) > 1 and spread:
+                fig.suptitle(spread.lstrip("; "))
     return fig
 
 
@@ -242,7 +257,8 @@ def write_sweep_figures(tree: xr.DataTree, out_dir: str | Path, *, title: str = 
     for gname, ds in groups.items():
         suffix = f"_{gname.replace('=', '')}" if gname else ""
         for fname, make, caption in (
-            ("phase_diagram", phase_diagram, "Phase diagram: grokking epoch and phase boundaries over the swept fields"),
+            ("phase_diagram", phase_diagram,
+             "Phase diagram: grokking epoch, phase boundaries and grokking delay over the swept fields"),
             ("loss_curves", loss_curves, "Test loss of every run"),
             ("early_warning", lead_figure, "Early warning: lead of each progress measure over the test-loss drop"),
         ):

@@ -111,7 +111,10 @@ def open_run(
         if format in (None, "zarr") and is_store(path) and seed is None and frac_train is None:
             return open_store(path)
         with local_copy(path) as local:
-            return open_run(local, format=format, trusted=trusted, seed=seed, frac_train=frac_train).load()
+            ds = open_run(local, format=format, trusted=trusted, seed=seed, frac_train=frac_train).load()
+        if isinstance(ds.attrs.get("source_files"), str):  # the URL, not the temporary copy that was read
+            ds.attrs["source_files"] = ds.attrs["source_files"].replace(str(local), path)
+        return ds
     if not path.exists():
         raise CheckpointError("no such file or folder", path=path)
     check_format(format, path)

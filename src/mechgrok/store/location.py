@@ -16,6 +16,11 @@ becomes "write aside locally, then upload with the root ``zarr.json`` last" (:fu
 recognises a store by its root ``zarr.json`` (:func:`mechgrok.store.zarr_io.is_store`), never sees a half-uploaded
 store. Files other than stores are put with one request each (:func:`write_text`), which S3 and GCS make visible
 whole or not at all.
+
+Writers that need real local files (training's safetensors checkpoints and ``metrics.csv`` appends, matplotlib's
+PNG files) work in a local folder that is copied to the URL: :class:`Mirror` keeps a local working copy of a
+folder at a URL and pushes what changed (a run being trained, after each checkpoint, so an interrupted run can be
+resumed from the URL); :func:`local_folder` writes a folder locally and uploads it on success (figure packs).
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ __all__ = [
     "upload",
     "download",
     "local_copy",
+    "is_dir",
+    "strip_suffix",
+    "parent_of",
+    "Mirror",
+    "local_folder",
 ]
 
 def _protocol(path: Any) -> str | None:
@@ -131,6 +141,41 @@ def exists(path: str | Path) -> bool:
         return path.exists()
     fs, p = filesystem(path)
     return bool(fs.exists(p))
+
+
+def is_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder (local) or a prefix holding objects (remote)."""
+    path = normalise(path)
+    if isinstance(path, Path):
+        return path.is_dir()
+    fs, p = filesystem(path)
+    return bool(fs.isdir(p))
+
+
+def strip_suffix(path: str | Path) -> Path | str:
+    """``path`` without the suffix of its last component (``Path.with_suffix("")``, for URLs too).
+
+    Examples
+    --------
+    >>> strip_suffix("s3://bucket/runs/full_run_data.pth"), strip_suffix("runs/run.zarr")
+    ('s3://bucket/runs/full_run_data', PosixPath('runs/run'))
+    """
+    path = normalise(path)
+    if isinstance(path, Path):
+        return path.with_suffix("")
+    return posixpath.splitext(path)[0]
+
+
+def parent_of(path: str | Path) -> Path | str:
+    """The folder holding ``path`` (local or URL).
+
+    Examples
+    --------
+    >>> parent_of("s3://bucket/runs/a/analysis.zarr"), parent_of("runs/a/analysis.zarr")
+    ('s3://bucket/runs/a', PosixPath('runs/a'))
+    """
+    path = normalise(path)
+    return path.parent if isinstance(path, Path) else posixpath.dirname(path)
 
 
 def read_text(path: str | Path) -> str:
@@ -262,3 +307,133 @@ def local_copy(path: str | Path) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="mechgrok-") as tmp:
         yield download(path, Path(tmp) / name_of(path))
+
+
+def _local_files(local: Path) -> dict[str, tuple[int, int, int]]:
+    """Relative POSIX name -> (size, mtime_ns, inode) of every file under ``local``; hidden files and folders
+    (locks, temporary files of writes in progress) are left out."""
+    out = {}
+    for f in local.rglob("*"):
+        rel = f.relative_to(local)
+        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+            continue
+        st = f.stat()
+        out[rel.as_posix()] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+def _push_order(names: list[str], last: tuple[str, ...]) -> list[str]:
+    """Upload order: ordinary files, then the ``zarr.json`` files deepest first (a store's root metadata after
+    everything in it), then the names in ``last``, in their order."""
+    late = [n for n in last if n in names]
+    rest = [n for n in names if n not in late]
+    meta = sorted((n for n in rest if posixpath.basename(n) == "zarr.json"), key=lambda n: (-n.count("/"), n))
+    return sorted(n for n in rest if posixpath.basename(n) != "zarr.json") + meta + late
+
+
+class Mirror:
+    """A local working copy of a folder at a URL, pushed back file by file as it changes.
+
+    :meth:`pull` downloads what the URL holds; :meth:`push` deletes at the URL what was deleted locally and
+    uploads what is new or changed since the last pull or push (by size, modification time and inode), ordinary
+    files first, each Zarr store's root ``zarr.json`` after its content and the files named in ``last`` at the
+    end. A process killed between two pushes leaves the URL as it was after the earlier push (plus some of the
+    next one's files, in that order): for a run being trained, a run directory that resumes from its last pushed
+    checkpoint. Hidden files (``.NAME.lock``, temporary files of a write in progress) are never pushed.
+
+    Parameters
+    ----------
+    url : str
+        The folder at the URL.
+    local : Path
+        The local working copy (created by :meth:`pull`, or by the writer).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> m = Mirror("memory://doc-mirror/run", Path(tempfile.mkdtemp()) / "run")
+    >>> m.pull()
+    False
+    >>> m.local.mkdir(); _ = (m.local / "a.txt").write_text("one")
+    >>> m.push(); read_text("memory://doc-mirror/run/a.txt")
+    'one'
+    >>> (m.local / "a.txt").unlink(); m.push(); exists("memory://doc-mirror/run/a.txt")
+    False
+    """
+
+    def __init__(self, url: str, local: str | Path) -> None:
+        self.url = str(normalise(url))
+        self.local = Path(local)
+        self._pushed: dict[str, tuple[int, int, int]] = {}
+        self._remote: set[str] = set()
+
+    def pull(self) -> bool:
+        """Download the folder at the URL into the local copy; False (nothing done) if the URL holds nothing.
+
+        Raises
+        ------
+        StoreError
+            If the download fails.
+        """
+        fs, root = filesystem(self.url)
+        if not (fs.exists(root) and fs.isdir(root)):
+            return False
+        download(self.url, self.local)
+        self._remote = {posixpath.relpath(f, root) for f in fs.find(root)}
+        self._pushed = _local_files(self.local)
+        return True
+
+    def push(self, *, last: tuple[str, ...] = ()) -> None:
+        """Make the URL hold what the local copy holds (see the class docstring).
+
+        Parameters
+        ----------
+        last : tuple of str
+            Relative names uploaded after everything else, in this order (a commit record such as ``run.json``).
+
+        Raises
+        ------
+        StoreError
+            If an upload or delete fails.
+        """
+        fs, root = filesystem(self.url)
+        now = _local_files(self.local) if self.local.is_dir() else {}
+        gone = sorted(n for n in self._remote if n not in now)
+        changed = [n for n in now if self._pushed.get(n) != now[n]]
+        try:
+            if gone:
+                fs.rm([posixpath.join(root, n) for n in gone])
+            for n in _push_order(changed, last):
+                fs.put_file(str(self.local / n), posixpath.join(root, n))
+        except OSError as e:
+            raise StoreError(f"cannot copy the local working copy to the URL ({e})", path=self.url) from None
+        self._remote = (self._remote - set(gone)) | set(changed)
+        self._pushed = now
+
+
+@contextmanager
+def local_folder(path: str | Path, *, last: tuple[str, ...] = ("index.html",)) -> Iterator[Path]:
+    """A local folder whose content ends up at ``path``: the folder itself if local (created), a temporary one
+    uploaded to the URL when the ``with`` block ends without an error otherwise (``last`` uploaded last).
+
+    For writers that need real files (matplotlib's PNG and SVG, GIF animations, HTML pages); the upload adds to
+    and replaces files at the URL, it removes none.
+
+    Raises
+    ------
+    StoreError
+        If the folder cannot be created or the upload fails.
+    """
+    path = normalise(path)
+    if isinstance(path, Path):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the folder ({e.strerror or e})", path=path) from None
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="mechgrok-out-") as tmp:
+        local = Path(tmp) / name_of(path)
+        local.mkdir()
+        yield local
+        upload(local, path, last=last)

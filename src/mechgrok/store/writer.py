@@ -36,6 +36,7 @@ import xarray as xr
 
 from mechgrok.errors import StoreError
 from mechgrok.rundir import list_checkpoints
+from mechgrok.store.location import exists, normalise
 from mechgrok.store.own import run_checkpoint_weights, run_metadata
 from mechgrok.store.schema import WEIGHT_DIMS, build_dataset
 from mechgrok.store.zarr_io import (
@@ -57,7 +58,8 @@ class TrajectoryWriter:
     Parameters
     ----------
     store : str or Path
-        The Zarr store (created at the first checkpoint if absent).
+        The Zarr store (created at the first checkpoint if absent): a local path or an fsspec URL
+        (:mod:`mechgrok.store.location`).
     run_dir : str or Path, optional
         The run directory being trained: config, split and curves are read from it.
     overwrite : bool
@@ -91,7 +93,7 @@ class TrajectoryWriter:
         n_layers: int = 1,
         source_format: str = "mechgrok-writer",
     ) -> None:
-        self.store = Path(store)
+        self.store = normalise(store)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.overwrite = overwrite
         self.config = None if config is None else dict(config)
@@ -102,7 +104,8 @@ class TrajectoryWriter:
         self._started = False
         if self.run_dir is None and self.config is None:
             raise StoreError("TrajectoryWriter needs run_dir= or config=", path=self.store)
-        if self.store.exists() and not (is_store(self.store) or (self.store.is_dir() and not any(self.store.iterdir()))):
+        empty_folder = isinstance(self.store, Path) and self.store.is_dir() and not any(self.store.iterdir())
+        if exists(self.store) and not (is_store(self.store) or empty_folder):
             raise StoreError("exists and is not a Zarr store", path=self.store)
 
     # -- the trainer's callback ------------------------------------------------------------------------------

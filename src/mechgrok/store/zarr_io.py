@@ -133,14 +133,19 @@ def _recover_swap(path: Path) -> None:
 
 
 def remove_store(path: str | Path) -> None:
-    """Delete a store (only a folder with a root ``zarr.json``, or an empty folder).
+    """Delete a store (only a folder with a root ``zarr.json``, or an empty folder; at a URL, only a store).
 
     Raises
     ------
     StoreError
         If ``path`` exists but is not a Zarr store.
     """
-    path = Path(path)
+    path = normalise(path)
+    if isinstance(path, str):  # a URL (mechgrok.store.location): no empty folders on object stores
+        if exists(path) and not is_store(path):
+            raise StoreError("refusing to delete: not a Zarr store", path=path)
+        remove(path)
+        return
     if not path.exists():
         return
     if not path.is_dir() or not (is_store(path) or not any(path.iterdir())):

@@ -14,8 +14,12 @@ there, so tasks never share a store (``tasks.md`` section 6):
 A task killed half-way (its worker died) leaves an incomplete run directory: the next attempt resumes training
 from its last checkpoint (:func:`mechgrok.train.train` with ``resume=True``, bit-identical to an uninterrupted
 run) and rewrites the analysis and summary stores whole (written aside, then renamed), so nothing is lost or
-duplicated. On object storage (a URL root) the task works in a local temporary folder and uploads the run
-directory at the end, ``status.json`` last; an interrupted task there starts its run again.
+duplicated. On object storage (a URL root) the task works in a local working copy of its run directory
+(:class:`mechgrok.store.location.Mirror`): it first downloads what an earlier attempt left at the URL, pushes the
+run directory back after every checkpoint (the checkpoint, ``metrics.csv``, the resume state, ``run.json`` last)
+and once more at the end, then writes ``status.json``. An interrupted task there resumes from its last pushed
+checkpoint, as locally; files the new attempt replaces (a rewritten store's chunks) are deleted at the URL, so
+nothing is duplicated.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from mechgrok.errors import AnalysisError
-from mechgrok.store.location import exists, join, normalise, read_text, upload, write_text
+from mechgrok.store.location import Mirror, exists, join, normalise, read_text, write_text
 
 __all__ = ["STATUS_FILE", "SUMMARY_STORE", "run_dir_of", "read_status", "run_cell"]
 
@@ -57,19 +61,20 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
-def _train_here(cfg: Any, work: Path) -> None:
+def _train_here(cfg: Any, work: Path, on_checkpoint: Callable[[int, Any], None] | None = None) -> None:
     from mechgrok.rundir import is_run_dir, read_run_info
     from mechgrok.train import train
 
     if is_run_dir(work):
         if read_run_info(work).get("complete"):
             return
-        train(cfg, work, resume=True)  # an attempt killed half-way: continue from its last checkpoint
+        # an attempt killed half-way: continue from its last checkpoint
+        train(cfg, work, resume=True, on_checkpoint=on_checkpoint)
     else:
         # a failed attempt left its status record, which would block training into the folder; its count and
         # error were read before this attempt started
         (work / STATUS_FILE).unlink(missing_ok=True)
-        train(cfg, work, overwrite=True)
+        train(cfg, work, overwrite=True, on_checkpoint=on_checkpoint)
 
 
 def _analyse(ds: Any, analysis: Mapping[str, Any]) -> tuple[Any, str]:
@@ -89,14 +94,16 @@ def _analyse(ds: Any, analysis: Mapping[str, Any]) -> tuple[Any, str]:
         return mechgrok.analyze(ds, analyses=["fourier_norms", "measures"], device=opts["device"]), note
 
 
-def _work(cell: Any, work: Path, analysis: Mapping[str, Any]) -> str:
+def _work(cell: Any, work: Path, analysis: Mapping[str, Any], mirror: Mirror | None = None) -> str:
     import mechgrok
     from mechgrok.report import summarise
+    from mechgrok.rundir import PUSH_LAST
     from mechgrok.store.analysis_store import write_analysis
     from mechgrok.sweep.summary import run_summary
 
     if cell.source is None:
-        _train_here(cell.config, work)
+        push = None if mirror is None else (lambda epoch, weights: mirror.push(last=PUSH_LAST))
+        _train_here(cell.config, work, push)
         ds = mechgrok.open_run(work)
     else:
         work.mkdir(parents=True, exist_ok=True)
@@ -137,6 +144,7 @@ def run_cell(cell: Mapping[str, Any], root: str, analysis: Mapping[str, Any]) ->
     """
     import torch
 
+    from mechgrok.rundir import PUSH_LAST
     from mechgrok.sweep.spec import Cell
 
     c = Cell.from_dict(cell)
@@ -151,9 +159,10 @@ def run_cell(cell: Mapping[str, Any], root: str, analysis: Mapping[str, Any]) ->
     try:
         if remote:
             with tempfile.TemporaryDirectory(prefix="mechgrok-cell-") as tmp:
-                work = Path(tmp) / "run"
-                status["note"] = _work(c, work, analysis)
-                upload(work, str(run_dir))
+                mirror = Mirror(str(run_dir), Path(tmp) / "run")
+                mirror.pull()  # what an interrupted attempt left: its training resumes from the last checkpoint
+                status["note"] = _work(c, mirror.local, analysis, mirror)
+                mirror.push(last=PUSH_LAST)
         else:
             status["note"] = _work(c, Path(run_dir), analysis)
         status["status"] = "done"

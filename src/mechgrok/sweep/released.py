@@ -4,8 +4,9 @@
 The file is read by the public loader of curve-only files (:func:`mechgrok.store.curves.load_loss_curves`), which
 puts the swept quantity on a dim (``frac_train``, ``d_model``). Each run is cut to its own length, summarised like
 a trained run without weights (:func:`mechgrok.sweep.summary.run_summary`: curves, final losses, the grokking
-epoch) and the runs are combined over the swept field (:func:`mechgrok.sweep.summary.combine_runs`), so the result
-has the layout of any sweep store and gets the same phase diagram (grokking epoch against the swept field).
+epoch and grokking delay) and the runs are combined over the swept field
+(:func:`mechgrok.sweep.summary.combine_runs`), so the result has the layout of any sweep store and gets the same
+phase diagram (grokking epoch and grokking delay against the swept field).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def released_sweep(path: str | Path, *, trusted: bool = False) -> xr.DataTree:
     -------
     xarray.DataTree
         Root over the swept dim: ``loss_train``, ``loss_test`` (dim, epoch), ``grokking_epoch``,
-        ``final_loss_train``, ``final_loss_test``; attrs ``swept_fields``, ``source_files``, the rules.
+        ``grokking_delay``, ``final_loss_train``, ``final_loss_test``; attrs ``swept_fields``, ``source_files``, the
+        rules.
 
     Raises
     ------

@@ -9,6 +9,10 @@ Per run (root group; epochs as float64, NaN where not found or not computed):
 
 ``grokking_epoch``
     First epoch with test loss <= 0.1 nats (:func:`mechgrok.analyses.grokking_epoch.grokking_epoch`).
+``grokking_delay``
+    Epochs from memorisation (first epoch with train loss <= 0.1 nats) to the grokking epoch
+    (:func:`mechgrok.analyses.grokking_epoch.grokking_delay`); only where the run has per-epoch training and test
+    curves.
 ``memorisation_end``, ``circuit_formation_end``, ``cleanup_end``
     The phase boundaries of :func:`mechgrok.analyses.phases.find_phases` (NaN where not found).
 ``final_loss_train``, ``final_loss_test``, ``final_acc_train``, ``final_acc_test``
@@ -44,7 +48,7 @@ import xarray as xr
 
 from mechgrok import __version__
 from mechgrok.analyses.early_warning import lead_times, summarise_leads
-from mechgrok.analyses.grokking_epoch import grokking_epoch
+from mechgrok.analyses.grokking_epoch import grokking_delay, grokking_epoch
 from mechgrok.errors import AnalysisError
 
 __all__ = ["CURVES", "PROGRESS_MEASURES", "run_summary", "combine_runs", "shape_key"]
@@ -93,8 +97,8 @@ def run_summary(trajectory: xr.Dataset, tree: xr.DataTree | None = None) -> xr.D
     --------
     >>> import mechgrok
     >>> s = run_summary(mechgrok.open_run("fixtures/quick-run"))
-    >>> int(s["grokking_epoch"]), float(s["final_acc_test"])
-    (2094, 1.0)
+    >>> int(s["grokking_epoch"]), int(s["grokking_delay"]), float(s["final_acc_test"])
+    (2094, 1983, 1.0)
     """
     root: dict[str, xr.DataArray] = {}
     for name in CURVES:
@@ -115,6 +119,8 @@ def run_summary(trajectory: xr.Dataset, tree: xr.DataTree | None = None) -> xr.D
         root["grokking_epoch"] = grokking_epoch(measures["loss_test"], dim="checkpoint")
     else:
         raise AnalysisError("run_summary: neither the trajectory nor the analysis has a test loss")
+    if "loss_test" in root and "loss_train" in root:
+        root["grokking_delay"] = grokking_delay(root["loss_train"], root["loss_test"], dim="epoch")
     if "phases" in groups:
         ph = groups["phases"]
         for pt in _PHASE_POINTS:
@@ -149,6 +155,7 @@ def run_summary(trajectory: xr.Dataset, tree: xr.DataTree | None = None) -> xr.D
         "title": "mechgrok run summary",
         "mechgrok_version": __version__,
         "grokking_rule": root["grokking_epoch"].attrs["rule"],
+        **({"grokking_delay_rule": root["grokking_delay"].attrs["rule"]} if "grokking_delay" in root else {}),
         "config_json": trajectory.attrs.get("config_json", "{}"),
     }
     p = trajectory.attrs.get("p", tree.attrs.get("p") if tree is not None else None)
