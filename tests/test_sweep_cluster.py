@@ -230,3 +230,26 @@ def test_a_finished_run_with_another_config_is_refused(local_sweep):
     with pytest.raises(ConfigError, match="sweep over"):
         run_sweep(SweepSpec.from_dict(dict(SPEC, grid={"seed": [0]})), root, workers=1, processes=False)
     assert (root / "sweep.json").read_text() == before  # nothing rewritten
+
+
+def _preloaded() -> dict:
+    import os
+    import sys
+
+    return {"mechgrok.pipeline": "mechgrok.pipeline" in sys.modules, "torch": "torch" in sys.modules,
+            "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no forkserver on Windows")
+def test_local_cluster_workers_start_with_the_analyses_imported():
+    # the sweep's LocalCluster forks its workers from a forkserver that has imported torch and the analyses, so a
+    # worker's first task does not import them, and no worker runs with distributed's MALLOC_TRIM_THRESHOLD_
+    from distributed import Client
+
+    from mechgrok.sweep.runner import local_cluster
+
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        seen = client.run(_preloaded)
+    assert len(seen) == 2
+    for worker, state in seen.items():
+        assert state == {"mechgrok.pipeline": True, "torch": True, "MALLOC_TRIM_THRESHOLD_": None}, worker
