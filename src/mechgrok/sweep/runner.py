@@ -95,9 +95,11 @@ def _finished(root: Path | str, name: str) -> bool:
 
 #: What the workers of a local cluster import once, in the forkserver that forks them (where the platform has one):
 #: each worker starts with torch and the analyses imported instead of importing them itself (start-up of 2 workers
-#: 2.9 s instead of 5.2-6.5 s on the 2-core development machine).
-WORKER_PRELOAD = ("distributed", "numpy", "torch", "xarray", "zarr", "mechgrok.pipeline", "mechgrok.sweep.cell",
-                  "mechgrok.sweep.summary")
+#: 2.9 s instead of 5.2-6.5 s on the 2-core development machine), and with what a run's first task would import on
+#: the way (``torch._dynamo``, which torch's optimizers import at their first step; the trainer; the stores).
+WORKER_PRELOAD = ("distributed", "numpy", "torch", "torch._dynamo", "xarray", "zarr", "dask.array", "scipy.signal",
+                  "mechgrok.pipeline", "mechgrok.train", "mechgrok.report", "mechgrok.store.analysis_store",
+                  "mechgrok.sweep.cell", "mechgrok.sweep.summary")
 
 
 def local_cluster(n_workers: int, *, processes: bool = True):
