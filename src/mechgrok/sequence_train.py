@@ -30,7 +30,6 @@ resume under ``resumes``.
 from __future__ import annotations
 
 import json
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -40,14 +39,14 @@ import torch
 
 from mechgrok.errors import ConfigError, RunDirError
 from mechgrok.models.causal_transformer import SequenceTransformer
-from mechgrok.rundir import (checkpoint_path, is_run_dir, read_checkpoint, read_run_info, read_text,
+from mechgrok.rundir import (checkpoint_path, read_checkpoint, read_run_info, read_text,
                              save_safetensors_atomic, write_atomic)
 from mechgrok.sequence_config import SequenceConfig
 from mechgrok.store.lock import hold
 from mechgrok.store.sequence_run import is_sequence_run, read_sequence_config
 from mechgrok.tasks import digit_addition as add
 from mechgrok.tasks import repeated_subsequences as rep
-from mechgrok.train import (check_environment, remove_temp_files, unfinished_start, write_run_json,
+from mechgrok.train import (check_environment, prepare_run_dir, write_run_json,
                             training_environment)
 
 __all__ = ["train_sequence", "metric_columns", "task_batch", "batch_loss"]
@@ -175,55 +174,17 @@ def train_sequence(
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with hold(run_dir, kind="train", timeout=0, error=RunDirError,
               busy="another mechgrok train is writing this run directory"):
-        cfg, resume = _prepare_dir(run_dir, cfg, resume=resume, overwrite=overwrite, num_epochs=num_epochs)
+        cfg, resume = prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite, num_epochs=num_epochs,
+                                      read_saved=read_sequence_config, check_saved=_check_sequence_run)
         with _numerics(cfg.threads):
             _train(cfg, run_dir, resume, on_epoch)
     return run_dir
 
 
-def _prepare_dir(run_dir: Path, cfg: SequenceConfig | None, *, resume: bool, overwrite: bool,
-                 num_epochs: int | None) -> tuple[SequenceConfig, bool]:
-    """The config to train with and whether to resume (False for a run killed before it wrote run.json)."""
-    if resume:
-        if unfinished_start(run_dir):
-            if not (run_dir / "config.json").is_file():
-                raise RunDirError("cannot resume: the run was stopped before it wrote config.json; start it again "
-                                  "with --overwrite", path=run_dir)
-            saved = _extended(read_sequence_config(run_dir), num_epochs, run_dir)
-            shutil.rmtree(run_dir)  # nothing but the first files: start again with the saved config
-            run_dir.mkdir(parents=True)
-            return saved, False
-        if not is_run_dir(run_dir):
-            raise RunDirError("cannot resume: not a mechgrok run directory", path=run_dir)
-        if not is_sequence_run(run_dir):
-            raise RunDirError("cannot resume: config.json names no sequence task (a modular run resumes through "
-                              "mechgrok.train.train)", path=run_dir)
-        remove_temp_files(run_dir)
-        saved = read_sequence_config(run_dir)
-        extended = _extended(saved, num_epochs, run_dir)
-        if extended != saved:
-            write_atomic(run_dir / "config.json", json.dumps(extended.to_dict(), indent=2, sort_keys=True))
-        return extended, True
-    assert cfg is not None
-    if run_dir.exists():
-        if not overwrite:
-            raise RunDirError("already exists; pass --resume to continue it or --overwrite to replace it", path=run_dir)
-        if run_dir.is_dir() and (is_run_dir(run_dir) or not any(run_dir.iterdir()) or unfinished_start(run_dir)):
-            shutil.rmtree(run_dir)
-        else:
-            raise RunDirError("--overwrite refused: the folder is not a mechgrok run directory", path=run_dir)
-    run_dir.mkdir(parents=True)
-    return cfg, False
-
-
-def _extended(saved: SequenceConfig, num_epochs: int | None, run_dir: Path) -> SequenceConfig:
-    """The saved config, with ``num_epochs`` raised to ``num_epochs`` where given (a resume that extends a run)."""
-    if num_epochs is None or num_epochs == saved.num_epochs:
-        return saved
-    if num_epochs < saved.num_epochs:
-        raise ConfigError(f"cannot shorten the run on resume: it is set to {saved.num_epochs} epochs, asked "
-                          f"{num_epochs}; only more epochs can be added", path=run_dir / "config.json")
-    return saved.replace(num_epochs=int(num_epochs))
+def _check_sequence_run(run_dir: Path) -> None:
+    if not is_sequence_run(run_dir):
+        raise RunDirError("cannot resume: config.json names no sequence task (a modular run resumes through "
+                          "mechgrok.train.train)", path=run_dir)
 
 
 def _stream_state(stream: Any, shuffle: torch.Generator) -> dict[str, torch.Tensor]:

@@ -49,7 +49,7 @@ from mechgrok.rundir import (
 )
 
 __all__ = ["train", "EpochMetrics", "ReproducibilityWarning", "training_environment", "check_environment", "remove_temp_files",
-           "unfinished_start", "write_run_json"]
+           "unfinished_start", "write_run_json", "prepare_run_dir", "extend_config"]
 
 
 class ReproducibilityWarning(UserWarning):
@@ -153,26 +153,46 @@ def remove_temp_files(run_dir: Path) -> None:
                     f.unlink(missing_ok=True)
 
 
-def _prepare_dir(run_dir: Path, cfg: Config, *, resume: bool, overwrite: bool,
-                 num_epochs: int | None) -> tuple[Config, bool]:
-    """The config to train with and whether to resume (False for a run killed before it wrote run.json)."""
+def prepare_run_dir(run_dir: Path, cfg: Any, *, resume: bool, overwrite: bool, num_epochs: int | None,
+                    read_saved: Callable[[Path], Any] = read_config,
+                    check_saved: Callable[[Path], None] | None = None) -> tuple[Any, bool]:
+    """Get ``run_dir`` ready for a trainer: the config to train with and whether to resume.
+
+    With ``resume``: the saved config (``read_saved(run_dir)``, extended to ``num_epochs`` where given), after
+    ``check_saved(run_dir)`` (e.g. that the run is of the trainer's task) and the removal of killed writes' temporary
+    files; a run killed before it wrote ``run.json`` starts again from its saved config (False). Without: a new
+    folder, ``overwrite`` replacing a run directory (never another folder). Shared by the modular and the
+    sequence-task trainers; ``cfg`` is a :class:`~mechgrok.config.Config` or a
+    :class:`~mechgrok.sequence_config.SequenceConfig`.
+
+    Raises
+    ------
+    RunDirError
+        If there is nothing to resume, the folder exists without ``overwrite``, or it is not a run directory.
+    ConfigError
+        If ``num_epochs`` would shorten the saved run.
+    """
     if resume:
         if unfinished_start(run_dir):
             if not (run_dir / "config.json").is_file():
                 raise RunDirError("cannot resume: the run was stopped before it wrote config.json; start it again "
                                   "with --overwrite", path=run_dir)
-            saved = _extended(read_config(run_dir), num_epochs, run_dir)
+            saved = extend_config(read_saved(run_dir), num_epochs, run_dir)
             shutil.rmtree(run_dir)  # nothing but the first files: start again with the saved config
             run_dir.mkdir(parents=True)
             return saved, False
         if not is_run_dir(run_dir):
             raise RunDirError("cannot resume: not a mechgrok run directory", path=run_dir)
+        if check_saved is not None:
+            check_saved(run_dir)
         remove_temp_files(run_dir)
-        saved = read_config(run_dir)
-        extended = _extended(saved, num_epochs, run_dir)
+        saved = read_saved(run_dir)
+        extended = extend_config(saved, num_epochs, run_dir)
         if extended != saved:
             write_atomic(run_dir / "config.json", json.dumps(extended.to_dict(), indent=2, sort_keys=True))
         return extended, True
+    if cfg is None:
+        raise RunDirError("no config to train with (and nothing to resume)", path=run_dir)
     if run_dir.exists():
         if not overwrite:
             raise RunDirError("already exists; pass --resume to continue it or --overwrite to replace it", path=run_dir)
@@ -184,8 +204,14 @@ def _prepare_dir(run_dir: Path, cfg: Config, *, resume: bool, overwrite: bool,
     return cfg, False
 
 
-def _extended(saved: Config, num_epochs: int | None, run_dir: Path) -> Config:
-    """The saved config, with ``num_epochs`` raised to ``num_epochs`` where given (a resume that extends a run)."""
+def extend_config(saved: Any, num_epochs: int | None, run_dir: Path) -> Any:
+    """The saved config, with ``num_epochs`` raised to ``num_epochs`` where given (a resume that extends a run).
+
+    Raises
+    ------
+    ConfigError
+        If ``num_epochs`` is below the saved number (a run is never shortened).
+    """
     if num_epochs is None or num_epochs == saved.num_epochs:
         return saved
     if num_epochs < saved.num_epochs:
@@ -317,7 +343,7 @@ def train(
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with hold(run_dir, kind="train", timeout=0, error=RunDirError,
               busy="another mechgrok train is writing this run directory"):
-        cfg, resume = _prepare_dir(run_dir, cfg, resume=resume, overwrite=overwrite, num_epochs=num_epochs)
+        cfg, resume = prepare_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite, num_epochs=num_epochs)
         with _pinned_numerics(cfg.threads):
             _train(cfg, run_dir, resume=resume, on_epoch=on_epoch, on_checkpoint=on_checkpoint)
     return run_dir
@@ -355,7 +381,7 @@ def _train_remote(cfg: Config, url: str, *, resume: bool, overwrite: bool,
         mirror = Mirror(url, Path(tmp) / (name_of(url) or "run"))
         try:
             if mirror.pull() and overwrite:  # checked and cleared as locally, and at the URL before training starts
-                _prepare_dir(mirror.local, cfg, resume=False, overwrite=True, num_epochs=num_epochs)
+                prepare_run_dir(mirror.local, cfg, resume=False, overwrite=True, num_epochs=num_epochs)
                 mirror.push()
 
             def pushed(epoch: int, weights: dict[str, torch.Tensor]) -> None:
