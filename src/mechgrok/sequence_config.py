@@ -18,8 +18,9 @@ The authors' set-ups (tasks.md sections 1-2; the released ``model_config``/``dat
                                        d_model 48, 4 heads of 12, doubled residual; AdamW lr 1e-3, weight
                                        decay 1, betas (0.9, 0.999), warm-up 100 steps; a fresh batch of 128
                                        every step, 6000 steps
-``repeated_subsequences_finite``       the same on 512 sequences (data seed 1) in shuffled batches of 128 (4
-                                       steps per epoch); test set 640 sequences from seed + 1, every 4 epochs
+``repeated_subsequences_finite``       the same on 512 sequences (data seed 1); each epoch one step on 128 of
+                                       them, freshly shuffled (the released optimizer made one step per
+                                       epoch); test set 640 sequences from seed + 1, every 4 epochs
 =====================================  =====================================================================
 
 and ``*_quick`` variants that show the phase change on one CPU thread in a few minutes
@@ -64,7 +65,8 @@ class SequenceConfig(JsonConfig):
     n_train : int
         Training examples (finite data).
     batch_size : int
-        Examples per optimiser step (finite data: shuffled batches; ``>= n_train`` means full batch).
+        Examples per optimiser step; one step per epoch (finite data: the first ``batch_size`` of a fresh shuffle
+        of the training set; ``>= n_train`` means full batch).
     test_size : int
         Size of the fixed test set (drawn from ``seed + 1``).
     test_every : int
