@@ -39,14 +39,14 @@ import torch
 
 from mechgrok.errors import ConfigError, RunDirError
 from mechgrok.models.causal_transformer import SequenceTransformer
-from mechgrok.rundir import (checkpoint_path, read_checkpoint, read_run_info, read_text,
+from mechgrok.rundir import (checkpoint_path, read_checkpoint, read_run_info,
                              save_safetensors_atomic, write_atomic)
 from mechgrok.sequence_config import SequenceConfig
 from mechgrok.store.lock import hold
 from mechgrok.store.sequence_run import is_sequence_run, read_sequence_config
 from mechgrok.tasks import digit_addition as add
 from mechgrok.tasks import repeated_subsequences as rep
-from mechgrok.train import (check_environment, prepare_run_dir, write_run_json,
+from mechgrok.train import (check_environment, prepare_run_dir, truncate_metrics, write_run_json,
                             training_environment)
 
 __all__ = ["train_sequence", "metric_columns", "task_batch", "batch_loss"]
@@ -272,7 +272,7 @@ def _train(cfg: SequenceConfig, run_dir: Path, resume: bool,
                                   path=state_file) from None
             _load_state(model, opt, state, state_file)
             _set_stream_state(stream, shuffle, state, state_file)
-        _truncate_metrics(metrics, start, header)  # killed before the first checkpoint: from scratch
+        truncate_metrics(metrics, start, header, blank_cells=True)  # killed before the first checkpoint: from scratch
         info = read_run_info(run_dir)
         check_environment(run_dir, info.get("environment"), env, start)
         info.setdefault("environment", None)
@@ -329,45 +329,6 @@ def _train(cfg: SequenceConfig, run_dir: Path, resume: bool,
             flush()
     flush()
     write_run_json(run_dir, info, complete=True)
-
-
-def _truncate_metrics(path: Path, epoch: int, header: str) -> None:
-    """Keep the header and the rows of the epochs before ``epoch`` (those from it on are written again).
-
-    Raises
-    ------
-    RunDirError
-        If ``metrics.csv`` is missing (with rows to keep), has another header, or its rows before ``epoch`` are
-        not those of epochs 0 .. epoch - 1, whole.
-    """
-    if epoch == 0 and not path.exists():
-        write_atomic(path, header)
-        return
-    if not path.exists():
-        raise RunDirError(f"cannot resume at epoch {epoch}: metrics.csv is missing, so the curves of the epochs "
-                          "before it are lost; start the run again with --overwrite", path=path.parent)
-    lines = read_text(path).splitlines()
-    if not lines or lines[0] != header.strip():
-        raise RunDirError(f"metrics.csv must start with the header {header.strip()}", path=path)
-    ncol = header.count(",") + 1
-    kept = []
-    for n, line in enumerate(lines[1:], start=2):
-        fields = line.split(",")
-        try:
-            row_epoch = int(fields[0])
-            [float(v) for v in fields[1:] if v]
-        except ValueError:
-            row_epoch = None
-        if row_epoch is not None and row_epoch >= epoch:
-            break
-        if row_epoch is None or len(fields) != ncol or row_epoch != len(kept):
-            raise RunDirError(f"cannot resume at epoch {epoch}: line {n} of metrics.csv is not the row of epoch "
-                              f"{len(kept)}", path=path)
-        kept.append(line + "\n")
-    if len(kept) != epoch:
-        raise RunDirError(f"cannot resume at epoch {epoch}: metrics.csv lacks the rows from epoch {len(kept)} on",
-                          path=path)
-    write_atomic(path, header + "".join(kept))
 
 
 def _row(cfg: SequenceConfig, epoch: int, losses: list[float], toks: list[Any], test_loss: float | None,

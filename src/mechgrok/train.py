@@ -49,7 +49,7 @@ from mechgrok.rundir import (
 )
 
 __all__ = ["train", "EpochMetrics", "ReproducibilityWarning", "training_environment", "check_environment", "remove_temp_files",
-           "unfinished_start", "write_run_json", "prepare_run_dir", "extend_config"]
+           "unfinished_start", "write_run_json", "prepare_run_dir", "extend_config", "truncate_metrics"]
 
 
 class ReproducibilityWarning(UserWarning):
@@ -433,10 +433,10 @@ def _train(
             for key, param in model.named_parameters():
                 param.copy_(state[key])
         _load_optimizer_tensors(opt, model, state)
-        _truncate_metrics(run_dir / "metrics.csv", start)
+        truncate_metrics(run_dir / "metrics.csv", start, ",".join(METRIC_COLUMNS) + "\n")
     elif resume:
         # killed before the first checkpoint: start again from scratch
-        _truncate_metrics(run_dir / "metrics.csv", 0)
+        truncate_metrics(run_dir / "metrics.csv", 0, ",".join(METRIC_COLUMNS) + "\n")
     if resume:
         info = read_run_info(run_dir)
         check_environment(run_dir, info.get("environment"), env, start)
@@ -485,18 +485,21 @@ def _train(
     write_run_json(run_dir, info, complete=True)
 
 
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Keep the header and the rows of epochs before ``epoch`` (those after it are written again).
+def truncate_metrics(path: Path, epoch: int, header: str, *, blank_cells: bool = False) -> None:
+    """Keep the header and the rows of epochs before ``epoch`` of a run's ``metrics.csv`` (those from it on are
+    written again by a resumed trainer).
 
     A row cut short by a killed append can only come after the last checkpoint, so it is dropped like the other
-    rows from ``epoch`` on; the rows kept must be whole and run from epoch 0 to ``epoch - 1``.
+    rows from ``epoch`` on; the rows kept must be whole and run from epoch 0 to ``epoch - 1``. ``header`` is the
+    file's first line (with its newline); ``blank_cells`` allows empty cells (the sequence tasks' test columns,
+    written every ``test_every`` epochs). Shared by the modular and the sequence-task trainers.
 
     Raises
     ------
     RunDirError
-        If ``metrics.csv`` is missing (with rows to keep), unreadable or malformed before ``epoch``.
+        If ``metrics.csv`` is missing (with rows to keep), has another header, or its rows before ``epoch`` are
+        not those of epochs 0 .. epoch - 1, whole.
     """
-    header = ",".join(METRIC_COLUMNS) + "\n"
     if epoch == 0 and not path.exists():
         write_atomic(path, header)
         return
@@ -506,17 +509,18 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
     lines = read_text(path).splitlines()
     if not lines or lines[0] != header.strip():
         raise RunDirError(f"metrics.csv must start with the header {header.strip()}", path=path)
+    ncol = header.count(",") + 1
     kept = []
     for n, line in enumerate(lines[1:], start=2):
         fields = line.split(",")
         try:
             row_epoch = int(fields[0])
-            values = [float(v) for v in fields[1:]]
+            [float(v) for v in fields[1:] if v or not blank_cells]
         except ValueError:
-            row_epoch, values = None, []
+            row_epoch = None
         if row_epoch is not None and row_epoch >= epoch:
             break
-        if row_epoch is None or len(values) != len(METRIC_COLUMNS) - 1 or row_epoch != len(kept):
+        if row_epoch is None or len(fields) != ncol or row_epoch != len(kept):
             raise RunDirError(f"cannot resume at epoch {epoch}: line {n} of metrics.csv is not the row of epoch "
                               f"{len(kept)}", path=path)
         kept.append(line + "\n")
