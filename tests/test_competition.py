@@ -190,3 +190,22 @@ def test_vector_bumps_in_blocks_equal_one_call(fixture_run, monkeypatch):
     blocks = vector_competition(fa, key_freqs=keys)
     xr.testing.assert_identical(whole, blocks)
     assert int(whole["n_vector_bumps"].sum()) > 0  # the comparison covers detected bumps, not only empty tables
+
+
+def test_alignments_derived_by_blocks_equal_the_stored_ones(fixture_run, monkeypatch):
+    """`mechgrok analyze` keeps the per-vector squared norms instead of the alignments A_jk and vector_competition
+    derives A_jk from the powers block by block (and only the key columns for the flux): the same table as from
+    the stored alignments, and the stored ones are sqrt(power / norm^2) by a plain loop."""
+    from mechgrok.analyses.modular import competition
+
+    fa = frequency_alignment(mechgrok.open_run(fixture_run).isel(checkpoint=slice(None, None, 4)))
+    P, nsq = fa["neuron_in_power"].values, fa["neuron_in_vector_norm_sq"].values
+    t, j = 3, 7
+    want = [np.sqrt(P[t, j, k] / nsq[t, j]) for k in range(P.shape[-1])]
+    np.testing.assert_allclose(fa["neuron_in_alignment"].values[t, j], want, rtol=1e-6)
+    keys = [9, 17, 25]
+    stored = vector_competition(fa, key_freqs=keys)
+    monkeypatch.setattr(competition, "_VECTOR_BLOCK", 5)
+    derived = vector_competition(fa.drop_vars([v for v in fa.data_vars if v.endswith("_alignment")]), key_freqs=keys)
+    xr.testing.assert_allclose(stored, derived, rtol=1e-6)
+    assert int(stored["n_vector_bumps"].sum()) > 0 and float(stored["neuron_in_flux"].sum()) > 0

@@ -173,19 +173,20 @@ def _vector_bumps(A: Callable[[int, int], np.ndarray], J: int, epochs: np.ndarra
     return is_bump, realigns_to
 
 
-def _alignments(fa: xr.Dataset, fam: str, P: np.ndarray) -> Callable[[int, int], np.ndarray]:
-    """``A(lo, hi)``: the alignments (checkpoint, vector lo..hi-1, freq) of a family, as stored or, where the
-    result holds ``f_vector_norm_sq`` instead (``mechgrok analyze``), derived from the powers ``P`` block by block."""
+def _alignments(fa: xr.Dataset, fam: str, P: np.ndarray) -> Callable[..., np.ndarray]:
+    """``A(lo, hi, cols=slice(None))``: the alignments (checkpoint, vector lo..hi-1, freq[cols]) of a family, as
+    stored or, where the result holds ``f_vector_norm_sq`` instead (``mechgrok analyze``), derived from the powers
+    ``P`` for just those vectors and frequencies."""
     vd = FAMILY_DIMS[fam]
     T, K = P.shape[0], P.shape[-1]
     if f"{fam}_alignment" in fa:
         stored = np.asarray(fa[f"{fam}_alignment"].transpose("checkpoint", *vd, "freq").values).reshape(T, -1, K)
-        return lambda lo, hi: stored[:, lo:hi]
+        return lambda lo, hi, cols=slice(None): stored[:, lo:hi][:, :, cols]
     if f"{fam}_vector_norm_sq" not in fa:
         raise AnalysisError(f"not a frequency_alignment result: {fam} has neither '{fam}_alignment' nor "
                             f"'{fam}_vector_norm_sq'")
     nsq = np.asarray(fa[f"{fam}_vector_norm_sq"].transpose("checkpoint", *vd).values).reshape(T, -1)
-    return lambda lo, hi: alignment_from_power(P[:, lo:hi], nsq[:, lo:hi])
+    return lambda lo, hi, cols=slice(None): alignment_from_power(P[:, lo:hi][:, :, cols], nsq[:, lo:hi])
 
 
 def _flux(align: np.ndarray) -> np.ndarray:
@@ -296,7 +297,7 @@ def vector_competition(
         realign_mat = np.zeros((len(freqs), len(freqs)), dtype=np.int64)
         vi, ki = np.nonzero(a_bump)
         np.add.at(realign_mat, (ki, np.searchsorted(freqs, a_to[vi, ki])), 1)
-        flux = _flux(np.concatenate([A(lo, lo + _VECTOR_BLOCK)[:, :, kidx] for lo in range(0, P.shape[1], _VECTOR_BLOCK)], 1))
+        flux = _flux(A(0, P.shape[1], kidx))  # the key frequencies' columns only
         te = T - 1
         for i, k in zip(kidx, keys):
             bump = bool(nb["is_bump"].values[i])
