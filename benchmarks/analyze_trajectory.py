@@ -71,7 +71,9 @@ It prints one table side by side: the stages and the per-analysis split of (a), 
 matmul rates and the load average before and after. The FLOP bound is the FLOPs (a) needs
 (the grid forward with its caches, useful logit columns only; the ablation measures, excluded variants of every
 frequency and 3 x 3 blocks included; the FVE sums; the logit group sums and norms; the attention fit; the weight
-measures; the once-per-trajectory key frequencies and reference views) divided by the float64 matrix-multiply
+measures; the Clock/Pizza metrics (the gradient symmetricity's forward and backward pass over its triples, the
+circularity's SVD); the frequency alignment (the vector families, their SVD and Fourier transforms); the
+once-per-trajectory key frequencies and reference views) divided by the float64 matrix-multiply
 rate measured in the same run on the same device (``torch.mm`` on 2048 x 2048 matrices on the CPU, 8192 x 8192
 on a GPU, just before and just after (a); the faster of the two). Every timing on a shared machine is noisy:
 the load average is printed with each. The agreement is asserted last, after every figure is printed.
@@ -433,12 +435,12 @@ def run_reference(ds, key_freqs: list[int], idx: list[int], device: torch.device
 # FLOPs, rates, memory
 # ------------------------------------------------------------------------------------------------------------
 def analyze_flops(p: int, d_model: int, n_heads: int, d_head: int, d_mlp: int, n_train_max: int, n_key: int,
-                  n_params: int) -> tuple[dict[str, float], dict[str, float]]:
+                  n_params: int, n_triples: int = 100, n_components: int = 8) -> tuple[dict[str, float], dict[str, float]]:
     """FLOPs that ``analyze`` needs: per checkpoint by part, and once per trajectory (a multiply-add counts 2, an
     addition 1; the logits' useful p columns only, not the zero-padded ones the product multiplies)."""
     m, h, d, f = d_model, n_heads, d_head, d_mlp
     n, K = p * p, (p - 1) // 2
-    width = f + p + m  # per-token table columns: MLP pre-activation | direct logits | resid_mid (the caches)
+    width = f + p  # per-token table columns: MLP pre-activation | direct logits (analyze caches no resid_mid)
     tables = (h * m * d * m + (p + 2) * m * h * m + (p + 2) * h * m * width + f * m * p  # OV, tables, W_logit
               + (2 * p + 1) * m * h + 2 * m * h * d)  # attention scores from '='
     per_pair = f * p + 2 * h * width  # neuron-to-logit product; attention-weighted tables (a and b terms)
@@ -453,8 +455,22 @@ def analyze_flops(p: int, d_model: int, n_heads: int, d_head: int, d_mlp: int, n
     logits = 6.0 * n * p + 4.0 * K * p * p  # group sums, |L|^2 and |L - mean|^2; cos/sin products
     attention = h * (6.0 * n + 4.0 * K * p)  # mean, centred squares, marginal sums; cos/sin products
     norms = 2.0 * (m * p * p + f * m * p + f * p * p)  # W_E and W_logit Fourier transforms, W_logit itself
+    svd = 4.0 * m * m * p + 22.0 * p**3  # thin SVD with U and V of W_E[:p] (p <= d_model; Golub & Van Loan)
+    # Clock/Pizza metrics: the GS forward pass over the triples (key/value tables over 3 positions x (2T + 1)
+    # embedding rows, the query, W_O, the MLP and the unembedding at '=') and its backward (2x); the
+    # circularity's SVD; the distance irrelevance's sums over a - b
+    T = n_triples
+    gs_forward = 2.0 * (3 * (2 * T + 1) * m * h * d * 2 + (2 * T + 1) * m * h * d + T * h * d * m
+                        + 2 * T * m * f + T * m * (p + 1))
+    algorithm = 3 * gs_forward + svd + 4.0 * n
+    # frequency alignment: the four families' vectors (W_E W_in; W_E W_V W_O W_in per head; W_E; the SVD of
+    # W_E), their Fourier transforms (matrix products with the p x p basis) and power, entropy, argmax
+    n_vectors = f + h * f + m + n_components
+    alignment = (2.0 * (p * m * f + h * m * d * m + h * p * m * m + h * p * m * f) + svd
+                 + 2.0 * p * p * n_vectors + 8.0 * K * n_vectors)
     per = {"grid forward (with caches)": grid, "ablation measures": ablation, "neuron FVE sums": fve,
-           "logit group sums": logits, "attention fit": attention, "weight measures": norms + 2.0 * n_params}
+           "logit group sums": logits, "attention fit": attention, "weight measures": norms + 2.0 * n_params,
+           "Clock/Pizza metrics": algorithm, "frequency alignment": alignment}
     once = {"key frequencies": grid + fve + norms,
             "reference views": grid + fve + 4.0 * p**4 + norms}  # + the logits' 2D Fourier transform
     return per, once

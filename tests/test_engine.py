@@ -63,6 +63,48 @@ def test_results_do_not_depend_on_chunk_or_workers(traj):
     xr.testing.assert_identical(base, run(traj, [NeuronClusters()], chunk=2, workers=2)["neurons"])
 
 
+def test_batched_kernels_do_not_depend_on_chunk_or_workers():
+    # the kernels that work on a whole chunk at once (Checkpoint.batched) or on weights that are views into it:
+    # the SVDs of W_E (LAPACK's rounding depends on where a matrix sits in a batch: p = 61 x d_model = 64 showed
+    # it), the GS autograd pass (so did its batched einsums), the Fourier transforms of the vector families
+    from mechgrok.analyses.modular.algorithm_metrics import AlgorithmMetrics
+    from mechgrok.analyses.modular.fourier_norms import FourierNorms
+    from mechgrok.analyses.modular.frequency_alignment import FrequencyAlignment
+
+    big = random_trajectory(p=61, n_checkpoints=5, d_model=64, n_heads=2, d_head=8, d_mlp=16, seed=3)
+
+    def kernels():
+        return [AlgorithmMetrics.for_trajectory(big, n_triples=7), FrequencyAlignment.for_trajectory(big),
+                FourierNorms.for_trajectory(big)]
+
+    base = run(big, kernels(), chunk=1)
+    other = run(big, kernels(), chunk=5)
+    for name in base:
+        xr.testing.assert_identical(base[name], other[name])
+    # one thread per checkpoint: torch's reductions split differently over threads, so the last bit may differ
+    threads = run(big, kernels(), chunk=2, workers=2)
+    for name in base:
+        xr.testing.assert_allclose(base[name], threads[name], rtol=1e-14, atol=0)
+
+
+def test_batched_gives_each_checkpoint_its_slice_computed_once_per_chunk(traj):
+    calls = []
+
+    def squares(w):
+        calls.append(w["W_E"].shape[0])
+        return w["W_E"].square().sum((1, 2)), w["W_E"][:, 0, 0]
+
+    def kernel(ck):
+        sq, first = ck.batched("squares", squares)
+        return {"sq": float(sq), "first": float(first)}
+
+    out = run(traj, [FunctionKernel("k", kernel, weights=("W_E",))], chunk=2)["k"]
+    assert calls == [2, 2, 1]  # 5 checkpoints in chunks of 2
+    w = traj["W_E"].values.astype(np.float64)
+    np.testing.assert_allclose(out["sq"].values, (w**2).sum(axis=(1, 2)), rtol=1e-13)
+    np.testing.assert_array_equal(out["first"].values, w[:, 0, 0])
+
+
 def test_selection_is_the_callers(traj):
     from mechgrok.analyses.modular.neurons import neuron_clusters
 

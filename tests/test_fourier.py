@@ -119,3 +119,20 @@ def test_embedding_norms_of_released_no_wd_model():
     norm = out["W_E_freq_norm"]
     top = [int(k) for k in norm.sortby(norm, ascending=False)["freq"].values[:6]]
     assert top == [36, 52, 41, 26, 9, 53]
+
+
+@pytest.mark.parametrize("p", [5, 13])
+def test_residue_sums_match_a_plain_loop_on_padded_rows(p):
+    import torch
+
+    from mechgrok.analyses.modular.fourier import residue_sums
+
+    rng = np.random.default_rng(p)
+    wide = torch.from_numpy(rng.normal(size=(2, p * p, p + 3)))  # rows of a wider array, as the grid pass's
+    L = wide[..., :p]
+    want = np.zeros((2, p, p))
+    for c in range(2):
+        for a in range(p):
+            for b in range(p):
+                want[c, (a + b) % p] += L[c, a * p + b].numpy()
+    np.testing.assert_allclose(residue_sums(L, p).numpy(), want, rtol=1e-13, atol=1e-13)

@@ -5,8 +5,10 @@ needs the weights of each checkpoint is a :class:`Kernel`: a function of one che
 plus the assembly of those arrays into an ``xarray.Dataset``. :func:`run` is the only loop over checkpoints in
 mechgrok: it reads the weights ``chunk`` checkpoints at a time as float64 torch tensors on the chosen device and
 hands each checkpoint to every kernel in turn, so work that several kernels share (the forward pass over the
-inputs) is computed once per checkpoint (:meth:`Checkpoint.memo`). Memory does not grow with the number of
-checkpoints: only per-checkpoint results (small) are kept.
+inputs) is computed once per checkpoint (:meth:`Checkpoint.memo`), and work on the weights alone that costs more
+per call than per checkpoint (many small operations, an autograd pass) once per chunk, batched over its
+checkpoints (:meth:`Checkpoint.batched`). Memory does not grow with the number of checkpoints: only
+per-checkpoint results (small) are kept.
 
 Selecting checkpoints is the caller's: ``ds.isel(checkpoint=...)`` by position or ``ds.sel(checkpoint=...)`` by
 epoch (:func:`select_epochs` gives a :class:`~mechgrok.errors.AnalysisError` naming what exists instead of
@@ -28,6 +30,7 @@ A kernel computing the squared norm of ``W_E`` at each checkpoint:
 from __future__ import annotations
 
 import ctypes
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ from mechgrok.models.transformer import WEIGHT_NAMES
 __all__ = [
     "DEFAULT_CHUNK",
     "Checkpoint",
+    "Chunk",
     "Kernel",
     "FunctionKernel",
     "run",
@@ -79,6 +83,10 @@ class Checkpoint:
         forward pass computes, once, everything any kernel will ask of it.
     attrs : mapping
         ``attrs`` of the trajectory (``p`` and the like).
+    chunk : Chunk or None
+        The checkpoints read with this one (:meth:`batched`); this one is ``chunk.weights[...][position]``.
+    position : int
+        Its position in ``chunk``.
     """
 
     epoch: int
@@ -87,6 +95,8 @@ class Checkpoint:
     device: torch.device
     needs: frozenset[str]
     attrs: Mapping[str, Any]
+    chunk: "Chunk | None" = None
+    position: int = 0
     _memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -94,6 +104,49 @@ class Checkpoint:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
+
+    def batched(self, key: Any, compute: Callable[[dict[str, torch.Tensor]], Any]) -> Any:
+        """This checkpoint's part of ``compute(chunk weights)``, computed once per chunk.
+
+        For work on the weights alone that is cheap per checkpoint but costly per call (many small operations, an
+        autograd pass): ``compute`` gets the weights of every checkpoint of the chunk, shapes (c, ...), and returns
+        a tensor, array, tuple or dict of them with that leading c; this checkpoint's slice is returned. Only for
+        computations whose per-checkpoint results do not depend on the batch (each checkpoint computed by the
+        same operations, batched), so that results do not depend on ``chunk``.
+        """
+        if self.chunk is None:
+            res = compute(self.weights)
+            pos = 0
+        else:
+            res = self.chunk.memo(key, compute)
+            pos = self.position
+        if isinstance(res, dict):
+            return {k: v[pos] for k, v in res.items()}
+        if isinstance(res, tuple):
+            return tuple(v[pos] for v in res)
+        return res[pos]
+
+
+@dataclass
+class Chunk:
+    """The checkpoints whose weights :func:`run` read at once, as :meth:`Checkpoint.batched` shares them.
+
+    Attributes
+    ----------
+    weights : dict of str to torch.Tensor
+        float64 weights of the chunk's checkpoints on the device, shapes (c, ...).
+    """
+
+    weights: dict[str, torch.Tensor]
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def memo(self, key: Any, compute: Callable[[dict[str, torch.Tensor]], Any]) -> Any:
+        """``compute(weights)`` the first time ``key`` is asked for in this chunk (one thread computes it)."""
+        with self._lock:
+            if key not in self._memo:
+                self._memo[key] = compute(self.weights)
+            return self._memo[key]
 
 
 class Kernel(Protocol):
@@ -294,7 +347,9 @@ def run(
         ``"cpu"`` (default), ``"cuda"``, or None for CUDA when available. Weights are float64 on it.
     workers : int
         Checkpoints computed at the same time, each on one thread (torch's intra-op threads set to 1 meanwhile,
-        restored after). The default, 1, lets torch use its own threads; the results do not depend on it.
+        restored after). The default, 1, lets torch use its own threads. The results do not depend on
+        ``chunk``; with one thread per checkpoint, a reduction that torch splits over threads can round
+        differently in the last bit (seen in the gradient symmetricity's autograd pass).
     progress : callable or bool, optional
         ``progress(stage, done, total)`` after each chunk; True for a rich bar on stderr
         (:func:`mechgrok.progress_bar.rich_bar`).
@@ -330,8 +385,9 @@ def run(
     values: dict[str, dict[str, np.ndarray]] = {k.name: {} for k in kernels}
     report = progress or (lambda stage, done, total: None)
 
-    def one(w: dict[str, torch.Tensor], i: int) -> list[dict[str, Any]]:
-        ck = Checkpoint(epoch=int(epochs[i]), index=i, weights=w, device=dev, needs=needs, attrs=ds.attrs)
+    def one(w: dict[str, torch.Tensor], i: int, chunk_: Chunk, j: int) -> list[dict[str, Any]]:
+        ck = Checkpoint(epoch=int(epochs[i]), index=i, weights=w, device=dev, needs=needs, attrs=ds.attrs,
+                        chunk=chunk_, position=j)
         with torch.no_grad():
             return [k(ck) for k in kernels]
 
@@ -340,11 +396,12 @@ def run(
             sub = ds[sorted(wanted)].isel(checkpoint=slice(start, start + max(1, int(chunk))))
             w = checkpoint_weights(sub, names=sorted(wanted), dtype=torch.float64, device=dev)
             c = sub.sizes["checkpoint"]
-            jobs = [({nm: v[j : j + 1] for nm, v in w.items()}, start + j) for j in range(c)]
-            for (_, i), res in zip(jobs, pmap(one, jobs)):
+            shared = Chunk(weights=w)
+            jobs = [({nm: v[j : j + 1] for nm, v in w.items()}, start + j, shared, j) for j in range(c)]
+            for (_, i, _, _), res in zip(jobs, pmap(one, jobs)):
                 for k, r in zip(kernels, res):
                     _put(values[k.name], r, i, n)
-            del w, jobs
+            del w, jobs, shared
             trim_heap()
             report(stage, start + c, n)
     return {k.name: k.assemble(values.pop(k.name), ds["checkpoint"]) for k in kernels}

@@ -58,7 +58,7 @@ from mechgrok.analyses.modular.ablation_kernels import (
     sum_projection_by_residue,
 )
 from mechgrok.analyses.modular.fourier import check_odd_p, residues
-from mechgrok.analyses.modular.grid import grid_pass, model_p
+from mechgrok.analyses.modular.grid import grid_pass, grid_residue_sums, model_p
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, Progress, run
 from mechgrok.errors import AnalysisError
 from mechgrok.models.transformer import WEIGHT_NAMES
@@ -480,10 +480,10 @@ class Ablation:
     def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
         if not hasattr(self._local, "bufs"):
             self._local.bufs = self.plan.buffers()
-        logits = grid_pass(ck).logits
+        logits, G = grid_pass(ck).logits, grid_residue_sums(ck)
         if logits.device.type != "cpu":
-            logits = logits.cpu()
-        return self.plan.measures(logits, self._local.bufs, block3x3=self.block3x3)
+            logits, G = logits.cpu(), G.cpu()
+        return self.plan.measures(logits, self._local.bufs, block3x3=self.block3x3, G=G)
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
         return _to_dataset(values, checkpoint, self.plan.key_freqs, self.plan.p, dict(self.attrs))

@@ -219,9 +219,11 @@ class AblationPlan:
                 torch.zeros(n, p, dtype=torch.float64), torch.zeros(variants, p, p, dtype=torch.float64),
                 torch.zeros(variants, p, p, dtype=torch.float64))
 
-    def measures(self, L: torch.Tensor, bufs: tuple[torch.Tensor, ...], *, block3x3: bool) -> dict[str, np.ndarray]:
-        """The measures of one checkpoint from its logits (p*p, p): fast path, or the direct one on overflow."""
-        one = measures_one(L, self, bufs, block3x3=block3x3)
+    def measures(self, L: torch.Tensor, bufs: tuple[torch.Tensor, ...], *, block3x3: bool,
+                 G: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        """The measures of one checkpoint from its logits (p*p, p): fast path, or the direct one on overflow.
+        ``G``: the logits' residue sums (:func:`~mechgrok.analyses.modular.fourier.residue_sums`) where known."""
+        one = measures_one(L, self, bufs, block3x3=block3x3, G=G)
         if one is None:
             one = {k: v[0] for k, v in measures_direct(L[None], self.masks, self.key_freqs,
                                                         all_freqs=self.all_freqs, block3x3=block3x3).items()}
@@ -279,10 +281,24 @@ def mean_over(x: torch.Tensor, weight: torch.Tensor, n: float) -> np.float64:
     return np.float64(float((x * weight).sum()) / n) if n > 0 else np.float64(np.nan)
 
 
+def _rows_by_a(L: torch.Tensor) -> torch.Tensor:
+    """Logits (p*p, p), rows a * p + b, as a (p, p * W) matrix, row a holding b * W + c: without a copy where L is
+    the first p columns of contiguous rows of width W (the grid pass's padded logits; the extra columns only
+    produce extra output columns of a product over a, which are dropped), else as a contiguous (p, p * p) copy."""
+    n, p = L.shape
+    W = L.stride(0)
+    if (L.dtype == torch.float64 and L.stride(1) == 1 and W >= p
+            and L.untyped_storage().nbytes() >= (L.storage_offset() + n * W) * L.element_size()):
+        return L.as_strided((n // p, p * W), (p * W, 1))
+    return L.to(torch.float64).reshape(n // p, p * p)
+
+
 def measures_one(
-    L: torch.Tensor, plan: AblationPlan, bufs: tuple[torch.Tensor, ...], *, block3x3: bool
+    L: torch.Tensor, plan: AblationPlan, bufs: tuple[torch.Tensor, ...], *, block3x3: bool,
+    G: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray] | None:
-    """The measures of one checkpoint, logits (p*p, p); None where the exponentials could overflow."""
+    """The measures of one checkpoint, logits (p*p, p); None where the exponentials could overflow. ``G``: the
+    logits' residue sums (s, c), if already computed."""
     p, sidx = plan.p, plan.sidx
     Lpad, Epad, L_tr, E_tr, V, Rv, g = bufs
     if L.dtype == torch.float64:
@@ -292,7 +308,7 @@ def measures_one(
     Ls = Lpad[: p * p].view(p, p, p)  # (s, a, c)
     Ly = Ls.diagonal(dim1=0, dim2=2).T  # (s, a): the label logit L[s, a, s]
     margin = float((Ls.amax(-1) - Ly).max())
-    G = Ls.sum(1)  # (s, c): group sums over the pairs with a + b = s
+    G = Ls.sum(1) if G is None else G  # (s, c): group sums over the pairs with a + b = s
     # R_k[s, c] = (2 / p^2) (cos_k[s] alpha_k[c] + sin_k[s] beta_k[c]): a batch of rank-2 products, written
     # into Rv (variant, s, c): every frequency in plan.freqs, then the full set of key frequencies
     nf = len(plan.freqs)
@@ -362,7 +378,7 @@ def measures_one(
     # 3 x 3-block ablation, on the pairs in (a, b) order
     if block3x3:
         FJ, m = plan.FJ, plan.FJ.shape[0]
-        hat = (FJ @ L.to(torch.float64).reshape(p, p * p)).view(m, p, p)  # over a: (f, b, c)
+        hat = (FJ @ _rows_by_a(L)).view(m, p, -1)[..., :p]  # over a: (f, b, c)
         hat = (FJ @ hat) * plan.keep[:, :, None]  # over b: (f, g, c), only the kept blocks
         L3 = Epad[: p * p].view(p, p * p)  # the exponentials are no longer needed: their memory holds L3
         torch.mm(FJ.T, (FJ.T @ hat).view(m, p * p), out=L3)  # back over b, then over a: (a, b * c)

@@ -56,6 +56,7 @@ import torch
 import xarray as xr
 
 from mechgrok.analyses.modular.fourier import residues
+from mechgrok.analyses.modular.frequency_alignment import singular_vectors
 from mechgrok.analyses.modular.grid import grid_pass, model_p
 from mechgrok.config import recorded
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
@@ -162,8 +163,8 @@ def gradient_symmetricity(
     Parameters
     ----------
     weights : dict of str to torch.Tensor
-        One checkpoint's weights by TransformerLens name, each with a leading dim of size 1 (as
-        :class:`~mechgrok.engine.Checkpoint` holds them), ``W_pos`` of 3 rows (``[a, b, =]``, logit at ``=``) or
+        Weights by TransformerLens name with the same leading dims on each (e.g. (1, ...) for one checkpoint as
+        :class:`~mechgrok.engine.Checkpoint` holds them, (c, ...) for a chunk), ``W_pos`` of 3 rows (``[a, b, =]``, logit at ``=``) or
         2 (``[a, b]``, logit at b).
     triples : torch.Tensor
         int64 (T, 3): a, b, c.
@@ -235,7 +236,7 @@ def circularity(W_E: torch.Tensor, p: int, *, k: int = CIRCULARITY_COMPONENTS) -
     """
     X = W_E[..., :p, :].to(torch.float64)
     X = X - X.mean(dim=-2, keepdim=True)
-    U, S, _ = torch.linalg.svd(X, full_matrices=False)  # (..., p, r): principal components over tokens
+    U, _ = singular_vectors(X)  # (..., p, r): principal components over tokens
     k = min(int(k), U.shape[-1])
     v = U[..., :k].transpose(-1, -2) / np.sqrt(p)  # (..., k, p), sum v^2 = 1/p
     power = torch.fft.fft(v, dim=-1).abs().square()[..., 1:]  # frequencies 1..p-1
@@ -284,9 +285,11 @@ class AlgorithmMetrics:
     def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
         g = grid_pass(ck)
         correct = g.logits.gather(-1, residues(self.p, device=g.logits.device)[:, None])[:, 0]
-        triples = torch.from_numpy(self.triples)
-        cos = gradient_symmetricity(ck.weights, triples, attn_coeff=self.attn_coeff)[0]
-        score, freq = circularity(ck.weights["W_E"][0], self.p)
+        # fresh (aligned) copies: a checkpoint's weights are views into its chunk, and the autograd pass's
+        # rounding can depend on where its operands sit in memory
+        w = {k: v.clone() for k, v in ck.weights.items()}
+        cos = gradient_symmetricity(w, torch.from_numpy(self.triples), attn_coeff=self.attn_coeff)[0]
+        score, freq = circularity(w["W_E"][0], self.p)
         return {
             "distance_irrelevance": distance_irrelevance(correct, self.p).cpu().numpy(),
             "gradient_cosine": cos.detach().cpu().numpy(),

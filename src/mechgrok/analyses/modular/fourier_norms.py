@@ -126,8 +126,7 @@ class FourierNorms:
         return cls(p=p, include=tuple(include), weights=need)
 
     def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
-        comps = component_norms(ck.weights, self.p, self.include)
-        return {k: v[0] for k, v in comps.items()}
+        return ck.batched((self.name, self.include), lambda w: component_norms(w, self.p, self.include))
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
         out = norms_dataset(values, np.asarray(checkpoint.values), self.p)

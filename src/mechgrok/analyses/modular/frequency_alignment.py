@@ -41,7 +41,8 @@ from mechgrok.analyses.modular.grid import model_p
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
 
-__all__ = ["FAMILIES", "FAMILY_DIMS", "FrequencyAlignment", "alignment_from_power", "frequency_alignment"]
+__all__ = ["FAMILIES", "FAMILY_DIMS", "FrequencyAlignment", "alignment_from_power", "frequency_alignment",
+           "singular_vectors"]
 
 #: The vector families and the trajectory weights each needs.
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -148,6 +149,29 @@ def alignment_from_power(power: np.ndarray, vector_norm_sq: np.ndarray) -> np.nd
     return np.sqrt(a, out=a).astype(np.float32)
 
 
+def singular_vectors(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The thin SVD's U (..., n, r) and S (..., r) of each matrix of X (..., n, d), r = min(n, d).
+
+    Each matrix is decomposed on its own, from a fresh copy: LAPACK's rounding depends on where the operand
+    sits in memory, and a checkpoint's results must not depend on the others batched with it.
+
+    Examples
+    --------
+    >>> X = torch.tensor([[[3.0, 0.0], [0.0, 4.0]]], dtype=torch.float64)
+    >>> U, S = singular_vectors(X)
+    >>> S.tolist()
+    [[4.0, 3.0]]
+    """
+    flat = X.reshape(-1, *X.shape[-2:])
+    parts = [torch.linalg.svd(m.clone(), full_matrices=False)[:2] for m in flat]
+    r = min(X.shape[-2:])
+    if not parts:
+        return X.new_empty(*X.shape[:-1], r), X.new_empty(*X.shape[:-2], r)
+    U = torch.stack([u for u, _ in parts]).reshape(*X.shape[:-1], r)
+    S = torch.stack([s_ for _, s_ in parts]).reshape(*X.shape[:-2], r)
+    return U, S
+
+
 @dataclass
 class FrequencyAlignment:
     """Engine kernel (:mod:`mechgrok.engine`): Fourier powers of the vector families of one checkpoint."""
@@ -194,45 +218,49 @@ class FrequencyAlignment:
         return F
 
     def vectors(self, w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The vectors of each family as columns, (p, *vec) float64, from one checkpoint's weights (shapes (1, ...))."""
+        """The vectors of each family as columns, (c, p, *vec) float64, from the weights of c checkpoints (shapes
+        (c, ...))."""
         p = self.p
-        W_E = w["W_E"][0, :p].to("cpu", torch.float64)  # (p, d_model)
+        W_E = w["W_E"][:, :p].to("cpu", torch.float64)  # (c, p, d_model)
         out: dict[str, torch.Tensor] = {}
         if "neuron_in" in self.families:
-            out["neuron_in"] = W_E @ w["W_in"][0].to("cpu", torch.float64)  # (p, d_mlp)
+            out["neuron_in"] = W_E @ w["W_in"].to("cpu", torch.float64)  # (c, p, d_mlp)
         if "neuron_ov" in self.families:
-            VO = w["W_V"][0].to("cpu", torch.float64) @ w["W_O"][0].to("cpu", torch.float64)  # (head, d_model, d_model)
-            ov = W_E @ VO @ w["W_in"][0].to("cpu", torch.float64)  # (head, p, d_mlp)
-            out["neuron_ov"] = ov.permute(1, 0, 2)  # (p, head, d_mlp)
+            VO = w["W_V"].to("cpu", torch.float64) @ w["W_O"].to("cpu", torch.float64)  # (c, head, d_model, d_model)
+            c, h, d = VO.shape[:3]
+            ov = (W_E[:, None] @ VO).reshape(c, h * p, d) @ w["W_in"].to("cpu", torch.float64)  # (c, head * p, d_mlp)
+            out["neuron_ov"] = ov.view(c, h, p, -1).permute(0, 2, 1, 3)  # (c, p, head, d_mlp)
         if "W_E_rows" in self.families:
             out["W_E_rows"] = W_E
         if "W_E_pca" in self.families:
-            U, S, _ = torch.linalg.svd(W_E, full_matrices=False)
-            out["W_E_pca"] = U[:, : self.n_components] * S[: self.n_components]
+            U, S = singular_vectors(W_E)
+            out["W_E_pca"] = U[..., : self.n_components] * S[:, None, : self.n_components]
         return out
 
-    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+    def spectra(self, w: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Every per-checkpoint value of the kernel for c checkpoints (weights (c, ...)), each with a leading c."""
         F = self._basis()
         K = (self.p - 1) // 2
         res: dict[str, np.ndarray] = {}
-        for fam, v in self.vectors(ck.weights).items():
-            shape = v.shape[1:]
-            hat = F @ v.reshape(self.p, -1)  # (fourier, n)
-            power = hat[1:].reshape(K, 2, -1).square().sum(1)  # (freq, n), float64
-            nsq = v.reshape(self.p, -1).square().sum(0)
-            pw = power.T.reshape(*shape, K).numpy().astype(np.float32)  # large: kept as float32
-            res[f"{fam}_power"] = pw
-            res[f"{fam}_N"] = power.sum(1).numpy()  # float64 sums
-            res[f"{fam}_norm_sq"] = float(nsq.sum())
-            res[f"{fam}_vector_norm_sq"] = nsq.reshape(shape).numpy()
-            # the per-vector spectra checkpoint by checkpoint: over a whole trajectory their temporaries would be
-            # several times the (checkpoint, head, d_mlp, freq) power array
-            tot = power.sum(0)  # (n,)
+        for fam, v in self.vectors(w).items():
+            c, shape = v.shape[0], v.shape[2:]
+            v = v.reshape(c, self.p, -1)
+            hat = F @ v  # (c, fourier, n)
+            power = hat[:, 1:].reshape(c, K, 2, -1).square().sum(2)  # (c, freq, n), float64
+            nsq = v.square().sum(1)  # (c, n)
+            res[f"{fam}_power"] = power.transpose(1, 2).reshape(c, *shape, K).numpy().astype(np.float32)  # large
+            res[f"{fam}_N"] = power.sum(2).numpy()  # float64 sums
+            res[f"{fam}_norm_sq"] = nsq.sum(1).numpy()
+            res[f"{fam}_vector_norm_sq"] = nsq.reshape(c, *shape).numpy()
+            tot = power.sum(1, keepdim=True)  # (c, 1, n)
             q = power / torch.where(tot > 0, tot, torch.ones_like(tot))
-            ent = -torch.xlogy(q, q).sum(0)
-            res[f"{fam}_entropy"] = ent.reshape(shape).numpy().astype(np.float32)
-            res[f"{fam}_dominant_freq"] = power.argmax(0).reshape(shape).numpy().astype(np.int64) + 1
+            res[f"{fam}_entropy"] = (-torch.xlogy(q, q).sum(1)).reshape(c, *shape).numpy().astype(np.float32)
+            res[f"{fam}_dominant_freq"] = power.argmax(1).reshape(c, *shape).numpy().astype(np.int64) + 1
         return res
+
+    def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
+        # batched over the chunk: per checkpoint, these small products and reductions cost more in calls than in work
+        return ck.batched((self.name, self.families, self.n_components), self.spectra)
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
         K = (self.p - 1) // 2

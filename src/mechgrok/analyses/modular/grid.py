@@ -20,13 +20,14 @@ import torch
 import xarray as xr
 from einops import rearrange
 
+from mechgrok.analyses.modular.fourier import residue_sums
 from mechgrok.config import recorded
 from mechgrok.errors import AnalysisError
 from mechgrok.tasks.discrete_log import coordinates, operation_of
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.models.transformer import WEIGHT_NAMES, ForwardOutput
 
-__all__ = ["model_p", "GEMM_COLUMNS", "GridPass", "grid_pass", "grid_options", "GridActivations", "grid_activations",
+__all__ = ["model_p", "GEMM_COLUMNS", "GridPass", "grid_pass", "grid_residue_sums", "grid_options", "GridActivations", "grid_activations",
            "grid_forward"]
 
 
@@ -101,6 +102,12 @@ def grid_pass(ck: Checkpoint) -> GridPass:
     GridPass
     """
     return ck.memo("grid_pass", lambda: _grid_pass(ck))
+
+
+def grid_residue_sums(ck: Checkpoint) -> torch.Tensor:
+    """G[s, c], the sums of the grid pass's logits over the pairs with (a + b) mod p = s, (p, p) float64;
+    computed once per checkpoint however many kernels ask (:func:`mechgrok.analyses.modular.fourier.residue_sums`)."""
+    return ck.memo("residue_sums", lambda: residue_sums(grid_pass(ck).logits, int(ck.attrs["p"])))
 
 
 def grid_options(attrs: Mapping, p: int, device: str | torch.device = "cpu") -> dict:

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mechgrok.analyses.modular.fourier import check_odd_p, grid_p, residues, trig
-from mechgrok.analyses.modular.grid import grid_pass, model_p
+from mechgrok.analyses.modular.fourier import check_odd_p, grid_p, residue_sums, trig
+from mechgrok.analyses.modular.grid import grid_pass, grid_residue_sums, model_p
 from mechgrok.engine import DEFAULT_CHUNK, Checkpoint, run
 from mechgrok.errors import AnalysisError
 from mechgrok.models.transformer import WEIGHT_NAMES
@@ -69,15 +69,16 @@ def cos_coefficients(logits: xr.DataArray) -> xr.Dataset:
     return _coefficients_dataset(cos_coefficient_arrays(L.reshape(L.shape[0], p * p, p), p), logits["checkpoint"].values)
 
 
-def cos_coefficient_arrays(L: torch.Tensor, p: int) -> dict[str, np.ndarray]:
+def cos_coefficient_arrays(L: torch.Tensor, p: int, G: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """alpha_k, cos_sim, |L|_F^2 and |L - mean L|_F^2 from logits (..., p*p, p), rows a * p + b (torch float64).
 
-    alpha_k needs only the group sums G[s, c] = sum_{a + b = s mod p} L[a, b, c] (p^3 additions):
+    alpha_k needs only the group sums G[s, c] = sum_{a + b = s mod p} L[a, b, c] (p^3 additions; given, or
+    computed by :func:`~mechgrok.analyses.modular.fourier.residue_sums`):
     sum_{a,b,c} L cos(w (a + b - c)) = sum_{s,c} G[s, c] (cos ws cos wc + sin ws sin wc).
     """
     L = L.to(torch.float64)
     K = (p - 1) // 2
-    G = L.new_zeros((*L.shape[:-2], p, p)).index_add(-2, residues(p, device=L.device), L)  # (..., s, c)
+    G = residue_sums(L, p) if G is None else G  # (..., s, c)
     cos, sin = trig(p, range(1, K + 1), device=L.device)  # (K, x)
     S = ((cos @ G) * cos).sum(-1) + ((sin @ G) * sin).sum(-1)  # (..., K): sum L cos(w_k (a + b - c))
     alpha = (S / math.sqrt(p**3 / 2)).cpu().numpy()
@@ -114,7 +115,7 @@ class LogitStructure:
 
     def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
         g = grid_pass(ck)
-        return cos_coefficient_arrays(g.logits, g.p)
+        return cos_coefficient_arrays(g.logits, g.p, grid_residue_sums(ck))
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
         out = logit_structure_from_coefficients(_coefficients_dataset(values, np.asarray(checkpoint.values)),
