@@ -363,8 +363,7 @@ def grid_forward(
     mid_all = torch.empty(C, p, p, m, dtype=dtype, device=out.device) if want_mid else None
     na = max(1, _GRID_BLOCK_ROWS // p)  # values of a per block
     width = f + n_out + (m if want_mid else 0)
-    bufs = (torch.empty(na, p, width, dtype=dtype, device=out.device), torch.empty(p, na, width, dtype=dtype, device=out.device),
-            None if post_all is not None else torch.empty(na * p, f, dtype=dtype, device=out.device))
+    bufs = (torch.empty(na, p, width, dtype=dtype, device=out.device), torch.empty(p, na, width, dtype=dtype, device=out.device))
     # checkpoint by checkpoint, so that the results do not depend on how checkpoints are batched
     for c in range(C):
         # fresh (aligned) copies: vectorised kernels may round differently depending on the operands' alignment
@@ -461,10 +460,10 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=No
         base = torch.cat([xe @ W_in + b_in, (xe + b_out) @ W_U] + ([xe] if want_mid else [])) + (3 - 2 * attn_coeff) * tab[p + 1].sum(0)
     A1t = A1.transpose(0, 1).contiguous()  # (b, a, head)
     W_logit = W_out @ W_U  # (d_mlp, n_out)
-    buf, tb, post_buf = bufs
+    buf, tb = bufs
     # blocks of na values of a (all b): the block views are made up front, to keep the Python work per block small
     blocks = zip(A0.split(na), Y0.split(na), A1t.split(na, dim=1), logits.split(na),
-                 post_all.split(na) if keep_post else [post_buf.view(na, p, f)] * p,
+                 post_all.split(na) if keep_post else [None] * p,
                  mid_all.split(na) if want_mid else [None] * p)
     if sums is not None:
         for key, rows in (("rows", p), ("cols", p)):
@@ -483,8 +482,11 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=No
         o.baddbmm_(A0b, Y0b)  # sum_h A_0(a, b) Y0[a, h]
         torch.bmm(A1b, Y1, out=t)  # sum_h A_1(a, b) Y1[b, h], as (b, a)
         o += t.transpose(0, 1)
-        post = post[:n]
-        torch.clamp_min(o[..., :f], 0.0, out=post)
+        if post is None:  # ReLU in place: the activations stay in the block, rows of stride width
+            post = o[..., :f].clamp_min_(0.0)
+        else:
+            post = post[:n]
+            torch.clamp_min(o[..., :f], 0.0, out=post)
         if mid is not None:
             mid.copy_(o[..., f + n_out :])
         direct = o[..., f : f + n_out].reshape(n * p, n_out)
