@@ -307,7 +307,6 @@ def measures_one(
         Lpad[: p * p].copy_(L.index_select(0, plan.perm))
     Ls = Lpad[: p * p].view(p, p, p)  # (s, a, c)
     Ly = Ls.diagonal(dim1=0, dim2=2).T  # (s, a): the label logit L[s, a, s]
-    margin = float((Ls.amax(-1) - Ly).max())
     G = Ls.sum(1) if G is None else G  # (s, c): group sums over the pairs with a + b = s
     # R_k[s, c] = (2 / p^2) (cos_k[s] alpha_k[c] + sin_k[s] beta_k[c]): a batch of rank-2 products, written
     # into Rv (variant, s, c): every frequency in plan.freqs, then the full set of key frequencies
@@ -317,7 +316,8 @@ def measures_one(
     torch.bmm(trig_s, coef, out=Rv[:nf])
     R_key = torch.sum(Rv[plan.key_pos], 0, out=Rv[nf])  # (s, c): sum over the key frequencies
     Rd = Rv.diagonal(dim1=1, dim2=2)  # (variant, s)
-    if margin + float((Rd - Rv.amin(-1)).max()) > 700.0:
+    spread = float((Rd - Rv.amin(-1)).max())  # the largest range of a projection, >= 0
+    if spread > 700.0:
         return None
     out: dict[str, np.ndarray] = {}
 
@@ -325,8 +325,12 @@ def measures_one(
     E = Epad[: p * p].view(p, p, p)
     torch.sub(Ls, Ly[:, :, None], out=E).exp_()  # (torch's vectorised exp: 4x numpy's on AVX2)
     E.diagonal(dim1=0, dim2=2).zero_()
-    pe = torch.log1p(E.sum(-1))  # (s, a)
     E_max = E.amax(-1)  # > 1 where another class beats the label, < 1 where none reaches it
+    # the largest logit margin max(0, L[s, a, c] - L[s, a, s]) is log(max E, 1) (inf where E overflowed);
+    # the excluded losses multiply E by exponentials of up to the projections' range
+    if math.log(max(float(E_max.max()), 1.0)) + spread > 700.0:
+        return None
+    pe = torch.log1p(E.sum(-1))  # (s, a)
     correct = label_is_argmax(lambda: Ls, E_max < 1.0, E_max == 1.0).to(torch.float64)
     for split in SPLITS:
         m, n = plan.mask_s[split], plan.n[split]
