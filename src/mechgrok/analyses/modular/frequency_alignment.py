@@ -217,43 +217,50 @@ class FrequencyAlignment:
             self._F = F
         return F
 
-    def vectors(self, w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The vectors of each family as columns, (c, p, *vec) float64, from the weights of c checkpoints (shapes
-        (c, ...))."""
+    def transforms(self, w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The Fourier transform over tokens of each family's vectors, (c, fourier, *vec) float64, from the
+        weights of c checkpoints (shapes (c, ...)).
+
+        Every family is a product W_E[:p] X (X = W_in, W_V[h] W_O[h] W_in, the identity, or the right factor of
+        the SVD), so its transform is (F W_E[:p]) X with F the orthonormal basis: one p x p product with W_E
+        instead of one with every family (2,700 vectors at the paper's widths).
+        """
         p = self.p
         W_E = w["W_E"][:, :p].to("cpu", torch.float64)  # (c, p, d_model)
+        FE = self._basis() @ W_E  # (c, fourier, d_model)
         out: dict[str, torch.Tensor] = {}
         if "neuron_in" in self.families:
-            out["neuron_in"] = W_E @ w["W_in"].to("cpu", torch.float64)  # (c, p, d_mlp)
+            out["neuron_in"] = FE @ w["W_in"].to("cpu", torch.float64)  # (c, fourier, d_mlp)
         if "neuron_ov" in self.families:
             VO = w["W_V"].to("cpu", torch.float64) @ w["W_O"].to("cpu", torch.float64)  # (c, head, d_model, d_model)
             c, h, d = VO.shape[:3]
-            ov = (W_E[:, None] @ VO).reshape(c, h * p, d) @ w["W_in"].to("cpu", torch.float64)  # (c, head * p, d_mlp)
-            out["neuron_ov"] = ov.view(c, h, p, -1).permute(0, 2, 1, 3)  # (c, p, head, d_mlp)
+            ov = (FE[:, None] @ VO).reshape(c, h * p, d) @ w["W_in"].to("cpu", torch.float64)  # (c, head * fourier, d_mlp)
+            out["neuron_ov"] = ov.view(c, h, p, -1).permute(0, 2, 1, 3)  # (c, fourier, head, d_mlp)
         if "W_E_rows" in self.families:
-            out["W_E_rows"] = W_E
+            out["W_E_rows"] = FE
         if "W_E_pca" in self.families:
-            U, S = singular_vectors(W_E)
-            out["W_E_pca"] = U[..., : self.n_components] * S[:, None, : self.n_components]
+            U, S = singular_vectors(W_E)  # W_E = U S V^T: u_i s_i = W_E v_i
+            out["W_E_pca"] = self._basis() @ (U[..., : self.n_components] * S[:, None, : self.n_components])
         return out
 
     def spectra(self, w: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        """Every per-checkpoint value of the kernel for c checkpoints (weights (c, ...)), each with a leading c."""
-        F = self._basis()
+        """Every per-checkpoint value of the kernel for c checkpoints (weights (c, ...)), each with a leading c.
+
+        ||w_j||^2 is taken in the Fourier basis (orthonormal: the constant component plus every frequency's power).
+        """
         K = (self.p - 1) // 2
         res: dict[str, np.ndarray] = {}
-        for fam, v in self.vectors(w).items():
-            c, shape = v.shape[0], v.shape[2:]
-            v = v.reshape(c, self.p, -1)
-            hat = F @ v  # (c, fourier, n)
+        for fam, hat in self.transforms(w).items():
+            c, shape = hat.shape[0], hat.shape[2:]
+            hat = hat.reshape(c, self.p, -1)  # (c, fourier, n)
             power = hat[:, 1:].reshape(c, K, 2, -1).square().sum(2)  # (c, freq, n), float64
-            nsq = v.square().sum(1)  # (c, n)
+            tot = power.sum(1)  # (c, n)
+            nsq = tot + hat[:, 0].square()  # (c, n)
             res[f"{fam}_power"] = power.transpose(1, 2).reshape(c, *shape, K).numpy().astype(np.float32)  # large
             res[f"{fam}_N"] = power.sum(2).numpy()  # float64 sums
             res[f"{fam}_norm_sq"] = nsq.sum(1).numpy()
             res[f"{fam}_vector_norm_sq"] = nsq.reshape(c, *shape).numpy()
-            tot = power.sum(1, keepdim=True)  # (c, 1, n)
-            q = power / torch.where(tot > 0, tot, torch.ones_like(tot))
+            q = power / torch.where(tot > 0, tot, torch.ones_like(tot))[:, None]
             res[f"{fam}_entropy"] = (-torch.xlogy(q, q).sum(1)).reshape(c, *shape).numpy().astype(np.float32)
             res[f"{fam}_dominant_freq"] = power.argmax(1).reshape(c, *shape).numpy().astype(np.int64) + 1
         return res
