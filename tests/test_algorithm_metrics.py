@@ -148,6 +148,20 @@ def test_triples_are_the_authors():
     assert gradient_triples(5, n=100).tolist() == [list(t) for t in xs[:100]]
 
 
+@pytest.mark.parametrize("seed", [0, 42, 12345])
+@pytest.mark.parametrize("p", [1, 2, 3, 5, 16, 17, 113])
+def test_triples_match_the_plain_shuffle(p, seed):
+    # the vectorised shuffle (bulk Mersenne Twister words, block-wise rejections, traced positions) must give
+    # exactly the list random.shuffle gives; p = 16 ends on a power of two, n = p^3 traces every position
+    xs = [(a, b, c) for a in range(p) for b in range(p) for c in range(p)]
+    random.Random(seed).shuffle(xs)
+    want = np.asarray(xs, dtype=np.int64).reshape(-1, 3)
+    for n in sorted({0, 1, 100, p**3 // 2, p**3}):
+        got = gradient_triples(p, n=n, seed=seed)
+        assert got.dtype == np.int64 and got.shape == (min(n, p**3), 3)
+        assert np.array_equal(got, want[:n]), (p, n, seed)
+
+
 @pytest.mark.parametrize("runid", sorted(RELEASED))
 def test_released_pizza_models_reproduce_the_notebook(runid):
     f = PIZZA / f"model_{runid}.pt"

@@ -88,6 +88,17 @@ def gradient_triples(p: int, *, n: int = GS_TRIPLES, seed: int = GS_SEED) -> np.
     """The authors' triples of the gradient symmetricity: all p^3 (a, b, c) in lexicographic order, shuffled
     by ``random.Random(seed)``, the first ``n``.
 
+    Bit-identical to ``xs = [(a, b, c) for a in range(p) for b in range(p) for c in range(p)];
+    random.Random(seed).shuffle(xs); xs[:n]`` (Zhong et al. 2023, ``code/eval-main.ipynb``), without building
+    the list: the Mersenne Twister words of the seeded generator are drawn in bulk by
+    :class:`numpy.random.MT19937` (same algorithm, state copied from ``random.Random(seed).getstate()``), the
+    swap targets of every step of CPython's Fisher-Yates ``shuffle`` (its ``_randbelow``: the top
+    ``bit_length`` bits of a word, redrawn while out of range) are found block-wise by
+    :func:`_shuffle_swap_targets`, and only the first ``n`` positions are traced back through the swaps by
+    :func:`_shuffled_sources`. The triple at lexicographic index x is (x // p^2, (x // p) mod p, x mod p).
+    About 0.07 s instead of 1 s for p = 113, n = 100; for p^3 >= 2^32 (``getrandbits`` would join several
+    words) it falls back to shuffling the list.
+
     Parameters
     ----------
     p : int
@@ -104,14 +115,129 @@ def gradient_triples(p: int, *, n: int = GS_TRIPLES, seed: int = GS_SEED) -> np.
 
     Examples
     --------
-    >>> gradient_triples(5, n=3).tolist() == gradient_triples(5, n=3).tolist()
+    >>> xs = [(a, b, c) for a in range(5) for b in range(5) for c in range(5)]
+    >>> random.Random(42).shuffle(xs)
+    >>> gradient_triples(5, n=3).tolist() == [list(t) for t in xs[:3]]
     True
     >>> gradient_triples(5, n=3).shape
     (3, 3)
     """
-    xs = [(a, b, c) for a in range(p) for b in range(p) for c in range(p)]
-    random.Random(seed).shuffle(xs)
-    return np.asarray(xs[: min(int(n), len(xs))], dtype=np.int64).reshape(-1, 3)
+    q = len(range(p))
+    total = q**3
+    keep = len(range(total)[: min(int(n), total)])
+    if total >= 1 << 32:
+        xs = [(a, b, c) for a in range(p) for b in range(p) for c in range(p)]
+        random.Random(seed).shuffle(xs)
+        return np.asarray(xs[:keep], dtype=np.int64).reshape(-1, 3)
+    x = _shuffled_sources(total, keep, random.Random(seed))
+    return np.stack([x // (q * q), (x // q) % q, x % q], axis=1).astype(np.int64, copy=False)
+
+
+def _shuffle_swap_targets(total: int, rng: random.Random) -> np.ndarray:
+    """The swap targets of ``rng.shuffle`` on a list of ``total < 2^32`` items, without advancing ``rng``.
+
+    CPython 3.11's ``shuffle`` swaps x[i] and x[j] for i = total-1 down to 1, with j = ``_randbelow(i + 1)``:
+    for the bound m = i + 1 and k = m.bit_length(), r = ``getrandbits(k)`` = (next 32-bit word) >> (32 - k),
+    redrawn while r >= m, each draw one word. Within a run of bounds with the same k the words map to fixed r,
+    so a block of L words (L at most the steps left at this k: no block crosses a power of two) drawn while the
+    bound is m is settled at once: during the block the bound lies in [m - L + 1, m], so r <= m - L is
+    accepted, r >= m rejected, and the few words in between are settled in order (bound = m minus the
+    acceptances before them). Blocks of about 2^(k/2 + 2) words leave a handful of those per block.
+
+    Parameters
+    ----------
+    total : int
+        Length of the shuffled list, 0 <= total < 2^32.
+    rng : random.Random
+        The generator, in the state ``shuffle`` would start from (only read).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (total,): j of step i at index i (j <= i); index 0 holds 0 (no step).
+    """
+    key = rng.getstate()[1]
+    bits = np.random.MT19937()
+    bits.state = {
+        "bit_generator": "MT19937",
+        "state": {"key": np.asarray(key[:-1], dtype=np.uint32), "pos": key[-1]},
+    }
+    out = np.zeros(total, dtype=np.int64)
+    words = np.empty(0, dtype=np.uint64)
+    at = 0
+    m = total  # the bound of the next step, i = m - 1
+    while m >= 2:
+        k = m.bit_length()
+        size = min(1 << (k // 2 + 2), m - (1 << (k - 1)) + 1)
+        if at + size > words.size:  # at most 2 words per step expected; draw ahead in bulk
+            words = np.concatenate([words[at:], bits.random_raw(size + m + m // 2)])
+            at = 0
+        r = words[at : at + size] >> np.uint64(32 - k)
+        at += size
+        accepted = r <= m - size
+        unsure = np.flatnonzero((r > m - size) & (r < m))
+        if unsure.size:
+            before = np.cumsum(accepted)  # sure acceptances up to each word (an unsure word is not one)
+            extra = 0
+            for u in unsure.tolist():
+                if int(r[u]) < m - int(before[u]) - extra:
+                    accepted[u] = True
+                    extra += 1
+        j = r[accepted]
+        out[m - j.size : m] = j[::-1]
+        m -= j.size
+    return out
+
+
+def _shuffled_sources(total: int, keep: int, rng: random.Random) -> np.ndarray:
+    """Which original index ends at each of the first ``keep`` positions after ``rng.shuffle`` of a list of
+    ``total < 2^32`` items, without performing the swaps.
+
+    With J[i] the swap target of step i (:func:`_shuffle_swap_targets`; steps run i = total-1 down to 1, and
+    J[i] <= i), position t is only touched by step t and by the steps i > t with J[i] = t. So the value at
+    position t just before step t is W[t] = W[nxt(t)], nxt(t) the smallest i > t with J[i] = t (the latest
+    such swap), or t itself when there is none; and position v ends with what step v took from position J[v]:
+    W[m(v)], m(v) the smallest i > v with J[i] = J[v], or J[v] when there is none (a step 0 with J[0] = 0 makes
+    this hold for v = 0). The chains of nxt are short (at most 21 links for p = 113, seed 42).
+
+    Parameters
+    ----------
+    total : int
+        Length of the shuffled list, 0 <= total < 2^32.
+    keep : int
+        Leading positions wanted, 0 <= keep <= total.
+    rng : random.Random
+        The generator, in the state ``shuffle`` would start from (only read).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (keep,): the original index of the item at each position.
+    """
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    swap = _shuffle_swap_targets(total, rng)
+    steps = np.arange(total)
+    nxt = np.full(total, total, dtype=np.int64)  # total: none
+    moved = swap < steps
+    np.minimum.at(nxt, swap[moved], steps[moved])
+    # m(v) for v < keep: the next step after v (in i) with the same target; targets J[v] <= v < keep
+    near = np.flatnonzero(swap < keep)
+    order = near[np.argsort(swap[near], kind="stable")]
+    same = swap[order[1:]] == swap[order[:-1]]
+    head, tail = order[:-1][same], order[1:][same]
+    wanted = head < keep
+    later = np.full(keep, total, dtype=np.int64)
+    later[head[wanted]] = tail[wanted]
+    out = swap[:keep].copy()
+    live = np.flatnonzero(later < total)
+    node = later[live]
+    while live.size:
+        ahead = nxt[node]
+        done = ahead >= total
+        out[live[done]] = node[done]
+        live, node = live[~done], ahead[~done]
+    return out
 
 
 def distance_irrelevance(correct: torch.Tensor, p: int) -> torch.Tensor:
