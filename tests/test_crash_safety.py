@@ -188,14 +188,23 @@ def test_analyze_killed_while_writing_keeps_a_whole_store(reference, tmp_path):
 
 
 def test_two_analyze_on_one_folder(reference, tmp_path):
+    # the second analyze must find the folder's lock held, whatever the timing: this process holds it, as a first
+    # analyze does from reading the trajectory to writing the reports (two processes started together raced: a
+    # short analysis could finish before the other had imported torch)
+    from mechgrok.store.lock import hold
+
     out = tmp_path / "out"
-    a = mechgrok("analyze", str(reference), "--out", str(out), *ANALYZE)
-    b = mechgrok("analyze", str(reference), "--out", str(out), *ANALYZE)
-    outs = [p.communicate(timeout=300)[0] for p in (a, b)]
-    codes = sorted((p.returncode, o) for p, o in zip((a, b), outs))
-    assert [c for c, _ in codes] == [0, 2], outs
-    assert "another mechgrok analyze is writing to this folder" in codes[1][1].replace("\n", "")
-    assert "Traceback" not in codes[1][1]
+    out.mkdir()
+    with hold(out, kind="analyze", timeout=0):
+        second = mechgrok("analyze", str(reference), "--out", str(out), *ANALYZE)
+        text = second.communicate(timeout=300)[0]
+    assert second.returncode == 2, text
+    assert "another mechgrok analyze is writing to this folder" in text.replace("\n", "")
+    assert "Traceback" not in text
+    assert not (out / "analysis.zarr").exists()  # nothing half-written
+    first = mechgrok("analyze", str(reference), "--out", str(out), *ANALYZE)  # the lock released: it runs
+    first_text = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, first_text
     verify_analysis(out / "analysis.zarr")
     no_leftovers(out, "analysis.zarr")
 
