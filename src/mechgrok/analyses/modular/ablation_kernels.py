@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from mechgrok.analyses.modular.fourier import fourier_basis, residues, trig
+from mechgrok.analyses.modular.fourier import fourier_basis, residue_sums, residues, trig
 from mechgrok.tasks.loss import per_example_loss
 
 __all__ = [
@@ -35,8 +35,7 @@ def sum_projection_by_residue(L: torch.Tensor, p: int, freqs: Sequence[int]) -> 
 
     L: float64 (..., p*p, p). Returns float64 (..., K, p, p) over (freq, s, c).
     """
-    s_idx = residues(p)
-    G = torch.zeros((*L.shape[:-2], p, p), dtype=L.dtype).index_add_(L.dim() - 2, s_idx, L)  # (..., s, c)
+    G = residue_sums(L, p)  # (..., s, c)
     cos, sin = trig(p, freqs)  # (K, s)
     alpha = torch.einsum("ks,...sc->...kc", cos, G)
     beta = torch.einsum("ks,...sc->...kc", sin, G)
