@@ -176,23 +176,30 @@ def forward(
     d_vocab = W_E.shape[-2]
     # The residual stream before attention depends only on (position, token), so keys, values and the query are
     # computed once per (position, token) and gathered per example: far fewer FLOPs than per example whenever the
-    # batch is larger than the vocabulary (training, the p x p grid).
-    embed = W_E[..., None, :, :] + W_pos[..., :n_ctx, None, :]  # (..., pos, vocab, d_model)
-    flat = (torch.arange(n_ctx, device=tokens.device) * d_vocab + tokens).reshape(-1)  # (batch * pos,)
-    k_tab = torch.einsum("...pvm,...hmd->...pvhd", embed, params["W_K"]).flatten(-4, -3)  # (..., pos*vocab, h, d)
-    v_tab = torch.einsum("...pvm,...hmd->...pvhd", embed, params["W_V"]).flatten(-4, -3)
-    q_tab = torch.einsum("...vm,...hmd->...vhd", embed[..., -1, :, :], params["W_Q"])  # (..., vocab, h, d)
-    batch_shape = (*tokens.shape[:-1], n_ctx)
-    k = k_tab[..., flat, :, :].unflatten(-3, batch_shape)  # (..., batch, pos, head, d_head)
-    v = v_tab[..., flat, :, :].unflatten(-3, batch_shape)
-    q = q_tab[..., tokens[:, -1], :, :]  # (..., batch, head, d_head)
+    # batch is larger than the vocabulary (training, the p x p grid); for a smaller batch, per example.
+    if tokens[..., 0].numel() < d_vocab:  # fewer examples than tokens (e.g. a few triples): embed per example
+        x = W_E[..., tokens, :] + W_pos[..., :n_ctx, :]  # (..., batch, pos, d_model)
+        k = torch.einsum("...bpm,...hmd->...bphd", x, params["W_K"])  # (..., batch, pos, head, d_head)
+        v = torch.einsum("...bpm,...hmd->...bphd", x, params["W_V"])
+        q = torch.einsum("...bm,...hmd->...bhd", x[..., -1, :], params["W_Q"])  # (..., batch, head, d_head)
+        resid_final = x[..., -1, :]  # (..., batch, d_model) at the last position
+    else:
+        embed = W_E[..., None, :, :] + W_pos[..., :n_ctx, None, :]  # (..., pos, vocab, d_model)
+        flat = (torch.arange(n_ctx, device=tokens.device) * d_vocab + tokens).reshape(-1)  # (batch * pos,)
+        k_tab = torch.einsum("...pvm,...hmd->...pvhd", embed, params["W_K"]).flatten(-4, -3)  # (..., pos*vocab, h, d)
+        v_tab = torch.einsum("...pvm,...hmd->...pvhd", embed, params["W_V"]).flatten(-4, -3)
+        q_tab = torch.einsum("...vm,...hmd->...vhd", embed[..., -1, :, :], params["W_Q"])  # (..., vocab, h, d)
+        batch_shape = (*tokens.shape[:-1], n_ctx)
+        k = k_tab[..., flat, :, :].unflatten(-3, batch_shape)  # (..., batch, pos, head, d_head)
+        v = v_tab[..., flat, :, :].unflatten(-3, batch_shape)
+        q = q_tab[..., tokens[:, -1], :, :]  # (..., batch, head, d_head)
+        resid_final = embed.flatten(-3, -2)[..., flat[n_ctx - 1 :: n_ctx], :]  # (..., batch, d_model) at the last position
     # the last position attends to every position (causal mask is all ones on the last row)
     scores = torch.einsum("...bhd,...bphd->...bhp", q, k) / math.sqrt(d_head)
     pattern = scores.softmax(dim=-1)
     if attn_coeff != 1:
         pattern = attn_coeff * pattern + (1 - attn_coeff)
     z = torch.einsum("...bhp,...bphd->...bhd", pattern, v)
-    resid_final = embed.flatten(-3, -2)[..., flat[n_ctx - 1 :: n_ctx], :]  # (..., batch, d_model) at the last position
     attn_out = torch.einsum("...bhd,...hdm->...bm", z, params["W_O"])
     resid_mid = resid_final + attn_out
     pre = resid_mid @ params["W_in"] + params["b_in"][..., None, :]

@@ -172,11 +172,10 @@ class AblationPlan:
         self.labels = residues(p)
         perm = self.perm.numpy()
         self.mask_ab = {k: torch.from_numpy(v.reshape(-1).astype(np.float64)) for k, v in masks.items()}
-        self.mask_s = {k: torch.from_numpy(v.reshape(-1)[perm].astype(np.float64).reshape(p, p))
-                       for k, v in masks.items()}
         self.n = {k: float(v.sum()) for k, v in masks.items()}
-        self.counts = {k: v.sum(1) for k, v in self.mask_s.items()}  # pairs of the split per residue s
-        # the training pairs of each residue, padded to a common count with the index of an all-zero row (p*p)
+        self.counts = {k: torch.from_numpy(v.reshape(-1)[perm].astype(np.float64).reshape(p, p).sum(1))
+                       for k, v in masks.items()}  # pairs of the split per residue s
+        # the training pairs of each residue, padded to a common count
         tr = masks["train"].reshape(-1)[perm].reshape(p, p)
         self.n_tr = int(tr.sum())
         width = max(1, int(tr.sum(1).max()))
@@ -184,9 +183,9 @@ class AblationPlan:
         valid = np.zeros((p, width), dtype=bool)
         for s_ in range(p):
             rows = np.flatnonzero(tr[s_])
-            pad[s_, : rows.size] = s_ * p + rows
+            pad[s_, : rows.size] = perm[s_ * p + rows]  # rows a * p + b of the pairs in (a, b) order
             valid[s_, : rows.size] = True
-        self.pad_idx = torch.from_numpy(pad.reshape(-1))
+        self.pad_idx = torch.from_numpy(np.where(valid, pad, 0).reshape(-1))  # padding: any row (masked out)
         self.pad_valid = torch.from_numpy(valid)
         self.pad_shape = (p, width)
         # frequencies whose projections are needed; the excluded variants are these plus "all key freqs" (full)
@@ -207,13 +206,13 @@ class AblationPlan:
 
     def buffers(self) -> tuple[torch.Tensor, ...]:
         """Work buffers for :func:`measures_one`, reusable from one checkpoint to the next (one set per thread):
-        logits and exponentials in residue order, with one extra all-zero row (index p*p) that pads the
-        training pairs of each residue to a common count; the padded training pairs; an excluded-logit table;
-        the projections R of every variant and their exponential table."""
+        the exponentials of the logits (then the 3 x 3-block logits); the training pairs of each residue, padded to
+        a common count (logits and exponentials); an excluded-logit table; the projections R of every variant and
+        their exponential table."""
         p, n = self.p, self.pad_shape[0] * self.pad_shape[1]
         variants = len(self.freqs) + 1
         # reused work memory: fresh tensors of p^3 elements cost more in page faults than the arithmetic on them
-        return (torch.zeros(p * p + 1, p, dtype=torch.float64), torch.zeros(p * p + 1, p, dtype=torch.float64),
+        return (torch.zeros(p * p, p, dtype=torch.float64),
                 torch.zeros(n, p, dtype=torch.float64), torch.zeros(n, p, dtype=torch.float64),
                 torch.zeros(n, p, dtype=torch.float64), torch.zeros(variants, p, p, dtype=torch.float64),
                 torch.zeros(variants, p, p, dtype=torch.float64))
@@ -262,16 +261,19 @@ def ablation_measures(
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def label_is_argmax(values: Callable[[], torch.Tensor], above: torch.Tensor, tied: torch.Tensor) -> torch.Tensor:
-    """Whether argmax over c of V[s, i, c] is s (the first maximum, as torch.argmax), from a cheap comparison.
+def label_is_argmax(values: Callable[[], torch.Tensor], above: torch.Tensor, tied: torch.Tensor,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Whether argmax over c of V[..., c] is the label (the first maximum, as torch.argmax), from a cheap comparison.
 
-    ``above`` (s, i): the label's logit is known to beat every other class; ``tied``: undecided (a tie, or
-    within rounding of one). Only for those rows is V = ``values()`` built and its argmax taken.
+    ``above`` (...): the label's logit is known to beat every other class; ``tied``: undecided (a tie, or
+    within rounding of one). Only for those rows is V = ``values()`` built and its argmax taken. ``labels`` (...):
+    the label of each row; by default the first index (V[s, i, c] has label s).
     """
     if bool(tied.any()):
-        s, i = torch.nonzero(tied, as_tuple=True)
+        at = torch.nonzero(tied, as_tuple=True)
+        label = at[0] if labels is None else labels[at]
         above = above.clone()
-        above[s, i] = values()[s, i].argmax(-1) == s
+        above[at] = values()[at].argmax(-1) == label
     return above
 
 
@@ -298,15 +300,11 @@ def measures_one(
 ) -> dict[str, np.ndarray] | None:
     """The measures of one checkpoint, logits (p*p, p); None where the exponentials could overflow. ``G``: the
     logits' residue sums (s, c), if already computed."""
-    p, sidx = plan.p, plan.sidx
-    Lpad, Epad, L_tr, E_tr, V, Rv, g = bufs
-    if L.dtype == torch.float64:
-        torch.index_select(L, 0, plan.perm, out=Lpad[: p * p])
-    else:
-        Lpad[: p * p].copy_(L.index_select(0, plan.perm))
-    Ls = Lpad[: p * p].view(p, p, p)  # (s, a, c)
-    Ly = Ls.diagonal(dim1=0, dim2=2).T  # (s, a): the label logit L[s, a, s]
-    G = Ls.sum(1) if G is None else G  # (s, c): group sums over the pairs with a + b = s
+    p, sidx, labels = plan.p, plan.sidx, plan.labels
+    E, L_tr, E_tr, V, Rv, g = bufs
+    L = L if L.dtype == torch.float64 else L.to(torch.float64)
+    Ly = L.gather(1, labels[:, None])  # (pair, 1): the label logit L[a, b, (a + b) mod p]
+    G = residue_sums(L, p) if G is None else G  # (s, c): group sums over the pairs with a + b = s
     # R_k[s, c] = (2 / p^2) (cos_k[s] alpha_k[c] + sin_k[s] beta_k[c]): a batch of rank-2 products, written
     # into Rv (variant, s, c): every frequency in plan.freqs, then the full set of key frequencies
     nf = len(plan.freqs)
@@ -321,18 +319,17 @@ def measures_one(
     out: dict[str, np.ndarray] = {}
 
     # the model's own loss and accuracy
-    E = Epad[: p * p].view(p, p, p)
-    torch.sub(Ls, Ly[:, :, None], out=E).exp_()  # (torch's vectorised exp: 4x numpy's on AVX2)
-    E.diagonal(dim1=0, dim2=2).zero_()
+    torch.sub(L, Ly, out=E).exp_()  # (pair, c) (torch's vectorised exp: 4x numpy's on AVX2)
+    E.scatter_(1, labels[:, None], 0.0)
     E_max = E.amax(-1)  # > 1 where another class beats the label, < 1 where none reaches it
     # the largest logit margin max(0, L[s, a, c] - L[s, a, s]) is log(max E, 1) (inf where E overflowed);
     # the excluded losses multiply E by exponentials of up to the projections' range
     if math.log(max(float(E_max.max()), 1.0)) + spread > 700.0:
         return None
     pe = torch.log1p(E.sum(-1))  # (s, a)
-    correct = label_is_argmax(lambda: Ls, E_max < 1.0, E_max == 1.0).to(torch.float64)
+    correct = label_is_argmax(lambda: L, E_max < 1.0, E_max == 1.0, labels).to(torch.float64)
     for split in SPLITS:
-        m, n = plan.mask_s[split], plan.n[split]
+        m, n = plan.mask_ab[split], plan.n[split]
         out[f"loss_{split}"], out[f"acc_{split}"] = mean_over(pe, m, n), mean_over(correct, m, n)
 
     # restricted: depends on (a, b) only through s; a split weights residue s by its number of pairs
@@ -356,11 +353,11 @@ def measures_one(
             out["excluded_loss_max"] = nan
     else:
         torch.sub(Rd[:, :, None], Rv, out=g).exp_()  # (variant, s, c)
-        torch.index_select(Epad, 0, plan.pad_idx, out=E_tr)
-        E_tr = E_tr.view(*plan.pad_shape, p)  # (s, pair, c), padding rows 0
+        torch.index_select(E, 0, plan.pad_idx, out=E_tr)
+        E_tr = E_tr.view(*plan.pad_shape, p)  # (s, pair, c); padding rows are masked out below
         T = torch.bmm(E_tr, g.permute(1, 2, 0))  # (s, pair, variant)
         ex = (torch.log1p(T) * plan.pad_valid[:, :, None]).sum((0, 1)).numpy() / plan.n_tr  # (variant,)
-        torch.index_select(Lpad, 0, plan.pad_idx, out=L_tr)
+        torch.index_select(L, 0, plan.pad_idx, out=L_tr)
         L_tr = L_tr.view(*plan.pad_shape, p)
         V = V.view(*plan.pad_shape, p)
         acc = []
@@ -383,7 +380,7 @@ def measures_one(
         FJ, m = plan.FJ, plan.FJ.shape[0]
         hat = (FJ @ _rows_by_a(L)).view(m, p, -1)[..., :p]  # over a: (f, b, c)
         hat = (FJ @ hat) * plan.keep[:, :, None]  # over b: (f, g, c), only the kept blocks
-        L3 = Epad[: p * p].view(p, p * p)  # the exponentials are no longer needed: their memory holds L3
+        L3 = E.view(p, p * p)  # the exponentials are no longer needed: their memory holds L3
         torch.mm(FJ.T, (FJ.T @ hat).view(m, p * p), out=L3)  # back over b, then over a: (a, b * c)
         L3 = L3.view(p * p, p)
         M3, arg3 = L3.max(-1)

@@ -234,8 +234,9 @@ class FrequencyAlignment:
         if "neuron_ov" in self.families:
             VO = w["W_V"].to("cpu", torch.float64) @ w["W_O"].to("cpu", torch.float64)  # (c, head, d_model, d_model)
             c, h, d = VO.shape[:3]
-            ov = (FE[:, None] @ VO).reshape(c, h * p, d) @ w["W_in"].to("cpu", torch.float64)  # (c, head * fourier, d_mlp)
-            out["neuron_ov"] = ov.view(c, h, p, -1).permute(0, 2, 1, 3)  # (c, fourier, head, d_mlp)
+            FVO = torch.einsum("cfm,chmn->cfhn", FE, VO)  # (c, fourier, head, d_model), contiguous
+            ov = FVO.reshape(c, p * h, d) @ w["W_in"].to("cpu", torch.float64)  # (c, fourier * head, d_mlp)
+            out["neuron_ov"] = ov.view(c, p, h, -1)  # (c, fourier, head, d_mlp)
         if "W_E_rows" in self.families:
             out["W_E_rows"] = FE
         if "W_E_pca" in self.families:
