@@ -362,9 +362,8 @@ def circularity(W_E: torch.Tensor, p: int, *, k: int = CIRCULARITY_COMPONENTS) -
     """
     X = W_E[..., :p, :].to(torch.float64)
     X = X - X.mean(dim=-2, keepdim=True)
-    U, _ = singular_vectors(X)  # (..., p, r): principal components over tokens
-    k = min(int(k), U.shape[-1])
-    v = U[..., :k].transpose(-1, -2) / np.sqrt(p)  # (..., k, p), sum v^2 = 1/p
+    U, _ = singular_vectors(X, k)  # (..., p, k): the leading principal components over tokens
+    v = U.transpose(-1, -2) / np.sqrt(p)  # (..., k, p), sum v^2 = 1/p
     power = torch.fft.fft(v, dim=-1).abs().square()[..., 1:]  # frequencies 1..p-1
     best, arg = power.max(dim=-1)
     f = arg + 1

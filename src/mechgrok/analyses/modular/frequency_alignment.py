@@ -149,11 +149,15 @@ def alignment_from_power(power: np.ndarray, vector_norm_sq: np.ndarray) -> np.nd
     return np.sqrt(a, out=a).astype(np.float32)
 
 
-def singular_vectors(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The thin SVD's U (..., n, r) and S (..., r) of each matrix of X (..., n, d), r = min(n, d).
+def singular_vectors(X: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The leading k left singular vectors U (..., n, k) and singular values S (..., k) of each matrix of X
+    (..., n, d), descending; k = min(n, d) by default (the thin SVD's U and S).
 
     Each matrix is decomposed on its own, from a fresh copy: LAPACK's rounding depends on where the operand
-    sits in memory, and a checkpoint's results must not depend on the others batched with it.
+    sits in memory, and a checkpoint's results must not depend on the others batched with it. With k < min(n, d)
+    they come from the symmetric eigendecomposition of the n x n Gram matrix X X^T (about 2.5 times faster than
+    the SVD at 113 x 128); its rounding error in a singular vector is about eps sigma_1^2 / (sigma_i^2 -
+    sigma_(i+1)^2), negligible for the leading, well separated ones. Signs are arbitrary, as the SVD's.
 
     Examples
     --------
@@ -161,10 +165,22 @@ def singular_vectors(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     >>> U, S = singular_vectors(X)
     >>> S.tolist()
     [[4.0, 3.0]]
+    >>> U, S = singular_vectors(torch.tensor([[3.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 1.0]],
+    ...                                      dtype=torch.float64), k=2)
+    >>> S.tolist(), U.abs().tolist()
+    ([4.0, 3.0], [[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     """
-    flat = X.reshape(-1, *X.shape[-2:])
-    parts = [torch.linalg.svd(m.clone(), full_matrices=False)[:2] for m in flat]
-    r = min(X.shape[-2:])
+    n, d = X.shape[-2:]
+    r = min(n, d) if k is None else min(int(k), n, d)
+    flat = X.reshape(-1, n, d)
+    if r < min(n, d):
+        parts = []
+        for m in flat:
+            m = m.clone()
+            lam, vec = torch.linalg.eigh(m @ m.T)  # ascending
+            parts.append((vec[:, -r:].flip(-1), lam[-r:].flip(-1).clamp_min(0).sqrt()))
+    else:
+        parts = [torch.linalg.svd(m.clone(), full_matrices=False)[:2] for m in flat]
     if not parts:
         return X.new_empty(*X.shape[:-1], r), X.new_empty(*X.shape[:-2], r)
     U = torch.stack([u for u, _ in parts]).reshape(*X.shape[:-1], r)
@@ -240,8 +256,8 @@ class FrequencyAlignment:
         if "W_E_rows" in self.families:
             out["W_E_rows"] = FE
         if "W_E_pca" in self.families:
-            U, S = singular_vectors(W_E)  # W_E = U S V^T: u_i s_i = W_E v_i
-            out["W_E_pca"] = self._basis() @ (U[..., : self.n_components] * S[:, None, : self.n_components])
+            U, S = singular_vectors(W_E, self.n_components)  # W_E = U S V^T: u_i s_i = W_E v_i
+            out["W_E_pca"] = self._basis() @ (U * S[:, None])
         return out
 
     def spectra(self, w: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
