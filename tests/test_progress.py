@@ -18,6 +18,7 @@ from mechgrok.analyses.modular.fourier_norms import fourier_norms
 from mechgrok.analyses.modular.fourier_gini import weight_measures
 from mechgrok.models.transformer import WEIGHT_NAMES, forward
 from mechgrok.analyses.modular.grid import grid_forward
+from mechgrok.analyses.modular.fourier import residue_sums
 from mechgrok.analyses.modular.progress import progress_measures
 
 from dense import dense_basis
@@ -207,6 +208,23 @@ def test_grid_forward_equals_forward(traj):
     assert again.logits.data_ptr() == buf.data_ptr()
     with pytest.raises(AnalysisError, match="out must be"):
         grid_forward(w, P, out=buf)  # room for one checkpoint, not three
+
+
+def test_grid_forward_logit_sums_equal_a_loop(traj):
+    """The residue sums and squared norm accumulated inside the grid pass, against plain loops over the pairs,
+    and bit for bit against fourier.residue_sums (the same additions in the same order)."""
+    w = {n: torch.from_numpy(traj[n].values[-1:].astype(np.float64)) for n in WEIGHT_NAMES}
+    sums: dict = {}
+    L = grid_forward(w, P, logit_sums=sums).logits[0]  # (p*p, vocab_out)
+    ref = np.zeros((P, L.shape[-1]))
+    for a in range(P):
+        for b in range(P):
+            ref[(a + b) % P] += L[a * P + b].numpy()
+    np.testing.assert_allclose(sums["residue_sums"].numpy(), ref, rtol=1e-13, atol=1e-12)
+    np.testing.assert_array_equal(sums["residue_sums"].numpy(), residue_sums(L, P).numpy())
+    assert float(sums["norm_sq"]) == pytest.approx(sum(float(x) ** 2 for x in L.reshape(-1)), rel=1e-13)
+    with pytest.raises(AnalysisError, match="one checkpoint at a time"):
+        grid_forward({n: torch.cat([v, v]) for n, v in w.items()}, P, logit_sums={})
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -446,7 +446,7 @@ class Ablation:
     attrs: dict[str, Any]
     name: str = "ablation"
     weights: tuple[str, ...] | None = WEIGHT_NAMES
-    needs: frozenset[str] = frozenset()
+    needs: frozenset[str] = frozenset({"logit_sums"})
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @classmethod

@@ -71,6 +71,9 @@ class GridPass:
     neuron_sums : dict or None
         The level-set sums of the MLP activations (``neuron_sums`` of :func:`grid_forward`), when a kernel needs
         ``"neuron_sums"``; the activations themselves are then never stored.
+    logit_sums : dict or None
+        The logits' residue sums and squared norm (``logit_sums`` of :func:`grid_forward`), when a kernel needs
+        ``"logit_sums"``.
     """
 
     p: int
@@ -79,6 +82,7 @@ class GridPass:
     attn_pattern: torch.Tensor | None = None
     resid_mid: torch.Tensor | None = None
     neuron_sums: dict[str, torch.Tensor] | None = None
+    logit_sums: dict[str, torch.Tensor] | None = None
 
 
 _LOCAL = threading.local()
@@ -106,8 +110,13 @@ def grid_pass(ck: Checkpoint) -> GridPass:
 
 def grid_residue_sums(ck: Checkpoint) -> torch.Tensor:
     """G[s, c], the sums of the grid pass's logits over the pairs with (a + b) mod p = s, (p, p) float64;
-    computed once per checkpoint however many kernels ask (:func:`mechgrok.analyses.modular.fourier.residue_sums`)."""
-    return ck.memo("residue_sums", lambda: residue_sums(grid_pass(ck).logits, int(ck.attrs["p"])))
+    computed once per checkpoint however many kernels ask: by the grid pass itself, block by block while the
+    logits are in cache, where a kernel of the run needs ``"logit_sums"``, else by
+    :func:`mechgrok.analyses.modular.fourier.residue_sums` (the same additions in the same order)."""
+    g = grid_pass(ck)
+    if g.logit_sums is not None:
+        return g.logit_sums["residue_sums"]
+    return ck.memo("residue_sums", lambda: residue_sums(g.logits, g.p))
 
 
 def grid_options(attrs: Mapping, p: int, device: str | torch.device = "cpu") -> dict:
@@ -153,8 +162,12 @@ def _grid_pass(ck: Checkpoint) -> GridPass:
     _LOCAL.W_U[..., :p] = w["W_U"][..., :p]
     caches = ck.needs & {"mlp_post", "attn", "resid_mid"}
     sums: dict[str, torch.Tensor] | None = {} if "neuron_sums" in ck.needs else None
+    lsums: dict[str, torch.Tensor] | None = {} if "logit_sums" in ck.needs else None
     out = grid_forward({**w, "W_U": _LOCAL.W_U}, p, dtype=torch.float64, out=_LOCAL.logits, cache=caches,
-                       neuron_sums=sums, **ck.memo("grid_options", lambda: grid_options(ck.attrs, p, ck.device)))
+                       neuron_sums=sums, logit_sums=lsums,
+                       **ck.memo("grid_options", lambda: grid_options(ck.attrs, p, ck.device)))
+    if lsums is not None:
+        lsums["residue_sums"] = lsums["residue_sums"][:, :p]
     return GridPass(
         p=p,
         logits=out.logits[0, :, :p],
@@ -162,6 +175,7 @@ def _grid_pass(ck: Checkpoint) -> GridPass:
         attn_pattern=out.attn_pattern[0] if "attn" in caches else None,
         resid_mid=out.resid_mid[0] if "resid_mid" in caches else None,
         neuron_sums=sums,
+        logit_sums=lsums,
     )
 
 
@@ -269,6 +283,7 @@ def grid_forward(
     dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None,
     neuron_sums: dict[str, torch.Tensor] | None = None,
+    logit_sums: dict[str, torch.Tensor] | None = None,
     attn_coeff: float = 1.0,
     b_tokens: torch.Tensor | None = None,
 ) -> ForwardOutput:
@@ -309,6 +324,11 @@ def grid_forward(
         activations are in cache, so they are never stored: ``plus``, ``minus`` (x, d_mlp): sums over the pairs
         with a + b = x and a - b = x (mod p); ``rows`` (a, d_mlp), ``cols`` (b, d_mlp): sums over b and over a;
         ``energy`` (d_mlp,): the sum of squares (:func:`mechgrok.analyses.modular.neurons.fve_from_sums`).
+    logit_sums : dict, optional
+        Filled (one checkpoint only), block by block while the logits are in cache, with ``residue_sums``
+        (p, n_out): the logits' sums over the pairs with (a + b) mod p = s, the additions of
+        :func:`mechgrok.analyses.modular.fourier.residue_sums` in its order; and ``norm_sq`` (0-dim): the sum of
+        the squared logits.
     attn_coeff : float
         The attention rate alpha of the Pizza family (``Config.attn_coeff``): attention = alpha * softmax +
         (1 - alpha). Models without ``=`` (``W_pos`` of 2 rows, inputs ``[a, b]`` read out at b) are
@@ -354,8 +374,8 @@ def grid_forward(
     bad = sorted(caches - {"attn", "mlp_post", "resid_mid"})
     if bad:
         raise AnalysisError(f"unknown caches {bad}; choose from attn, mlp_post, resid_mid")
-    if neuron_sums is not None and C != 1:
-        raise AnalysisError(f"neuron_sums takes one checkpoint at a time, got {C}")
+    if (neuron_sums is not None or logit_sums is not None) and C != 1:
+        raise AnalysisError(f"neuron_sums and logit_sums take one checkpoint at a time, got {C}")
     n_ctx = w["W_pos"].shape[-2]
     pattern = torch.empty(C, p, p, h, n_ctx, dtype=dtype, device=out.device) if "attn" in caches else None
     post_all = torch.empty(C, p, p, f, dtype=dtype, device=out.device) if "mlp_post" in caches else None
@@ -370,7 +390,7 @@ def grid_forward(
         wc = {k: v[c].to(dtype, copy=True, memory_format=torch.contiguous_format) for k, v in w.items()}
         _grid_checkpoint(wc, p, na, bufs, logits[c], None if pattern is None else pattern[c],
                          None if post_all is None else post_all[c], None if mid_all is None else mid_all[c],
-                         neuron_sums, attn_coeff, b_tokens)
+                         neuron_sums, attn_coeff, b_tokens, logit_sums)
     res = ForwardOutput(logits=logits.flatten(1, 2).reshape(*lead, p * p, n_out))
     if pattern is not None:
         res.attn_pattern = pattern.reshape(*lead, p * p, h, n_ctx)
@@ -415,7 +435,7 @@ def _tables_without_equals(w, p, want_mid, pattern, attn_coeff, b_tokens):
 
 
 def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=None, attn_coeff=1.0,
-                     b_tokens=None) -> None:
+                     b_tokens=None, lsums=None) -> None:
     """:func:`grid_forward` for one checkpoint's weights ``w``; fills logits (a, b, n_out) and the caches."""
     W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = (w[k] for k in WEIGHT_NAMES)
     keep_post = post_all is not None
@@ -474,6 +494,9 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=No
         # folded mod p after the loop
         plus2, minus2 = (torch.zeros(2 * p, f, dtype=dtype, device=W_E.device) for _ in range(2))
         sq = torch.empty(na * p, f, dtype=dtype, device=W_E.device)
+    if lsums is not None:  # as fourier.residue_sums: row a adds to residues a..a + p - 1, folded mod p at the end
+        G2 = torch.zeros(2 * p - 1, n_out, dtype=dtype, device=W_E.device)
+        norm_sq = torch.zeros((), dtype=dtype, device=W_E.device)
     a0 = 0
     for A0b, Y0b, A1b, lg, post, mid in blocks:
         n = A0b.shape[0]
@@ -491,6 +514,11 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=No
             mid.copy_(o[..., f + n_out :])
         direct = o[..., f : f + n_out].reshape(n * p, n_out)
         torch.addmm(direct, post.view(n * p, f), W_logit, out=lg.view(n * p, n_out))  # + mlp_post W_out W_U
+        if lsums is not None:  # while the block's logits are in cache
+            for j in range(n):
+                G2[a0 + j : a0 + j + p] += lg[j]
+            flat_lg = lg.reshape(-1)
+            norm_sq += torch.dot(flat_lg, flat_lg)
         if sums is not None:  # the FVE's level-set sums, while the block is in cache
             flat = post.view(n * p, f)
             for j in range(n):
@@ -505,3 +533,7 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=No
         sums["plus"] = plus2[:p] + plus2[p:]  # (a + b) mod p
         m = minus2.flip(0)  # m[p + a - b]
         sums["minus"] = m[:p] + m[p:]  # (a - b) mod p
+    if lsums is not None:
+        G = G2[:p].clone()
+        G[: p - 1] += G2[p:]
+        lsums["residue_sums"], lsums["norm_sq"] = G, norm_sq

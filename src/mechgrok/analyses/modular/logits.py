@@ -69,12 +69,14 @@ def cos_coefficients(logits: xr.DataArray) -> xr.Dataset:
     return _coefficients_dataset(cos_coefficient_arrays(L.reshape(L.shape[0], p * p, p), p), logits["checkpoint"].values)
 
 
-def cos_coefficient_arrays(L: torch.Tensor, p: int, G: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+def cos_coefficient_arrays(L: torch.Tensor, p: int, G: torch.Tensor | None = None,
+                           norm_sq: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """alpha_k, cos_sim, |L|_F^2 and |L - mean L|_F^2 from logits (..., p*p, p), rows a * p + b (torch float64).
 
     alpha_k needs only the group sums G[s, c] = sum_{a + b = s mod p} L[a, b, c] (p^3 additions; given, or
     computed by :func:`~mechgrok.analyses.modular.fourier.residue_sums`):
-    sum_{a,b,c} L cos(w (a + b - c)) = sum_{s,c} G[s, c] (cos ws cos wc + sin ws sin wc).
+    sum_{a,b,c} L cos(w (a + b - c)) = sum_{s,c} G[s, c] (cos ws cos wc + sin ws sin wc). ``norm_sq``: |L|_F^2
+    (...), where already known.
     """
     L = L.to(torch.float64)
     K = (p - 1) // 2
@@ -82,7 +84,7 @@ def cos_coefficient_arrays(L: torch.Tensor, p: int, G: torch.Tensor | None = Non
     cos, sin = trig(p, range(1, K + 1), device=L.device)  # (K, x)
     S = ((cos @ G) * cos).sum(-1) + ((sin @ G) * sin).sum(-1)  # (..., K): sum L cos(w_k (a + b - c))
     alpha = (S / math.sqrt(p**3 / 2)).cpu().numpy()
-    norm_sq = torch.linalg.vector_norm(L, dim=(-2, -1)).square()
+    norm_sq = torch.linalg.vector_norm(L, dim=(-2, -1)).square() if norm_sq is None else norm_sq
     var_sq = norm_sq - G.sum(dim=(-2, -1)).square() / p**3  # |L - mean L|^2 = |L|^2 - (sum L)^2 / p^3
     norm_sq, var_sq = norm_sq.cpu().numpy(), var_sq.cpu().numpy()
     cos_sim = np.divide(alpha, np.sqrt(norm_sq)[..., None], out=np.zeros_like(alpha), where=norm_sq[..., None] > 0)
@@ -111,11 +113,12 @@ class LogitStructure:
     key_freqs: list[int] | None = None
     name: str = "logits"
     weights: tuple[str, ...] | None = WEIGHT_NAMES
-    needs: frozenset[str] = frozenset()
+    needs: frozenset[str] = frozenset({"logit_sums"})
 
     def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
         g = grid_pass(ck)
-        return cos_coefficient_arrays(g.logits, g.p, grid_residue_sums(ck))
+        return cos_coefficient_arrays(g.logits, g.p, grid_residue_sums(ck),
+                                      None if g.logit_sums is None else g.logit_sums["norm_sq"])
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
         out = logit_structure_from_coefficients(_coefficients_dataset(values, np.asarray(checkpoint.values)),
