@@ -24,8 +24,9 @@ In one process it runs
 (a') the per-analysis split of the engine loop: ``mechgrok.engine.run(ds, [kernel])`` for each kernel of
     ``analyze`` alone (NeuronClusters, AttentionFit, LogitStructure, Ablation with ``all_freqs`` and
     ``block3x3``, FourierNorms, SumSquaredWeights), and the shared grid forward pass alone (a ``FunctionKernel``
-    calling ``grid_pass``), with what ``analyze``'s kernels ask of it (``needs={"neuron_sums", "attn"}``) and without
-    (logits only, as a kernel that needs no cache gets it). A kernel's "marginal" time is its time alone less
+    calling ``grid_pass``), with what ``analyze``'s kernels ask of it (``needs={"neuron_sums", "attn",
+    "logit_sums"}``) and with what the logit structure and the ablation ask alone (``{"logit_sums"}``: the
+    logits and their residue sums). A kernel's "marginal" time is its time alone less
     the grid pass it triggers; grid pass (with caches) plus the marginals should come close to the loop in (a).
     Each of these runs is repeated ``--split-repeats`` times and the fastest counts (on a busy machine a single
     run can be several times slower than the next, which makes marginals negative).
@@ -644,8 +645,9 @@ def main() -> None:
         return best
 
     grid_only = lambda ck: (grid_pass(ck), {})[1]  # noqa: E731
-    t_grid = {"caches": timed(FunctionKernel("grid_pass", grid_only, needs=frozenset({"neuron_sums", "attn"}))),
-              "logits": timed(FunctionKernel("grid_pass", grid_only))}
+    t_grid = {"caches": timed(FunctionKernel("grid_pass", grid_only,
+                                             needs=frozenset({"neuron_sums", "attn", "logit_sums"}))),
+              "logits": timed(FunctionKernel("grid_pass", grid_only, needs=frozenset({"logit_sums"})))}
     split = [  # (group, kernel, the grid pass it triggers)
         ("neurons", NeuronClusters(keep_fve=False), "caches"),
         ("attention", AttentionFit(), "caches"),
@@ -729,8 +731,8 @@ def main() -> None:
     for label, dt in stages:
         print(f"{label:44s}{f_(dt, 11)}")
         if label.startswith("engine loop"):
-            print(f"{'  grid forward, with neuron sums and attn':44s}{'':11s}{f_(t_grid['caches'])}")
-            print(f"{'  grid forward, logits only':44s}{'':11s}{f_(t_grid['logits'])}")
+            print(f"{'  grid forward, every sum and attn':44s}{'':11s}{f_(t_grid['caches'])}")
+            print(f"{'  grid forward, logits and their sums':44s}{'':11s}{f_(t_grid['logits'])}")
             for g, k, _ in split:
                 rb = ref_times[g] * scale
                 print(f"{'  ' + g + ' (' + type(k).__name__ + ')':44s}{'':11s}{f_(alone[g])}{f_(marginal[g], 11)}   "
