@@ -33,6 +33,7 @@ __all__ = [
     "grid_p",
     "residues",
     "residue_sums",
+    "fold_mod_p",
     "trig",
 ]
 
@@ -200,9 +201,23 @@ def residue_sums(L: torch.Tensor, p: int) -> torch.Tensor:
     G2 = L.new_zeros(*L.shape[:-2], 2 * p - 1, L.shape[-1])
     for a in range(p):
         G2[..., a : a + p, :] += rows[..., a, :, :]
-    G = G2[..., :p, :].clone()
-    G[..., : p - 1, :] += G2[..., p:, :]
-    return G
+    return fold_mod_p(G2, p)
+
+
+def fold_mod_p(T: torch.Tensor, p: int) -> torch.Tensor:
+    """Rows x = 0..n-1 (p <= n <= 2p) of a table of level-set sums folded onto x mod p: out[x] = T[x] + T[x + p].
+
+    The last step of :func:`residue_sums` and of the grid pass's level-set sums, whose tables are indexed by an
+    unreduced a + b (0..2p-2). ``T`` is (..., n, width); returns (..., p, width).
+
+    Examples
+    --------
+    >>> fold_mod_p(torch.arange(5.0)[:, None], 3)[:, 0].tolist()  # [0 + 3, 1 + 4, 2]
+    [3.0, 5.0, 2.0]
+    """
+    out = T[..., :p, :].clone()
+    out[..., : T.shape[-2] - p, :] += T[..., p:, :]
+    return out
 
 
 def trig(p: int, freqs: Sequence[int], *, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 import xarray as xr
 from einops import rearrange
 
-from mechgrok.analyses.modular.fourier import residue_sums
+from mechgrok.analyses.modular.fourier import fold_mod_p, residue_sums
 from mechgrok.config import recorded
 from mechgrok.errors import AnalysisError
 from mechgrok.tasks.discrete_log import coordinates, operation_of
@@ -530,10 +530,7 @@ def _grid_checkpoint(w, p, na, bufs, logits, pattern, post_all, mid_all, sums=No
             sums["energy"] += torch.mul(flat, flat, out=sq[: n * p]).sum(0)  # (vector_norm is 4x slower here)
         a0 += n
     if sums is not None:
-        sums["plus"] = plus2[:p] + plus2[p:]  # (a + b) mod p
-        m = minus2.flip(0)  # m[p + a - b]
-        sums["minus"] = m[:p] + m[p:]  # (a - b) mod p
+        sums["plus"] = fold_mod_p(plus2, p)  # (a + b) mod p
+        sums["minus"] = fold_mod_p(minus2.flip(0), p)  # flipped, row p + a - b: (a - b) mod p
     if lsums is not None:
-        G = G2[:p].clone()
-        G[: p - 1] += G2[p:]
-        lsums["residue_sums"], lsums["norm_sq"] = G, norm_sq
+        lsums["residue_sums"], lsums["norm_sq"] = fold_mod_p(G2, p), norm_sq
