@@ -42,6 +42,27 @@ def test_every_checkpoint_once_in_order_with_its_weights(traj):
     assert out["checkpoint"].values.tolist() == epochs
 
 
+def test_heap_is_trimmed_only_after_the_resident_memory_grew(traj, monkeypatch):
+    """run trims the heap at the end of a chunk once the resident memory has grown by TRIM_AFTER_GROWTH since the
+    last trim (or the start), never in a run whose memory stays flat."""
+    import mechgrok.engine as engine
+
+    trims, rss = [], [1000]
+    monkeypatch.setattr(engine, "trim_heap", lambda: trims.append(rss[0]) or rss.__setitem__(0, 1000))
+    monkeypatch.setattr(engine, "resident_bytes", lambda: rss[0])
+    grow = engine.TRIM_AFTER_GROWTH // 2 + 1  # two checkpoints' growth pass the threshold
+
+    def kernel(ck):
+        rss[0] += grow
+        return {"x": 1.0}
+
+    run(traj, [FunctionKernel("k", kernel, weights=("W_E",))], chunk=1)  # 5 checkpoints, one per chunk
+    assert len(trims) == 2 and all(t > 1000 + engine.TRIM_AFTER_GROWTH for t in trims)
+    trims.clear()
+    run(traj, [FunctionKernel("flat", lambda ck: {"x": 1.0}, weights=("W_E",))], chunk=1)
+    assert trims == []
+
+
 def test_shared_forward_pass_runs_once_per_checkpoint(traj, monkeypatch):
     import mechgrok.analyses.modular.grid as grid
 

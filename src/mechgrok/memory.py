@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mechgrok.errors import AnalysisError
 
-__all__ = ["available_bytes", "grid_pass_bytes", "require_memory"]
+__all__ = ["available_bytes", "resident_bytes", "grid_pass_bytes", "require_memory"]
 
 
 def _meminfo_available() -> int | None:
@@ -47,6 +47,21 @@ def _rlimit_available() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return soft - vm
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (bytes, ``/proc/self/statm``); None where the OS does not say.
+
+    Examples
+    --------
+    >>> n = resident_bytes()
+    >>> n is None or n > 0
+    True
+    """
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def available_bytes() -> int | None:
