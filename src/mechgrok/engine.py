@@ -346,8 +346,9 @@ def keep_heap() -> None:
     By default glibc maps a large block afresh each time (the mmap threshold adapts upwards only after such a
     block is freed) and hands the top of its heap back soon after, so each checkpoint's temporaries of a few MB
     were fresh pages that the kernel zeroed and faulted in one by one: about 3,700 page faults per checkpoint at
-    p = 113, 2 s of system time in a 401-checkpoint ``analyze``, against about 1,700 with this setting and
-    trimming by growth (:func:`trim_heap`). The resident memory stays bounded by :data:`TRIM_AFTER_GROWTH`.
+    p = 113 and 4.6 s of system time in a 401-checkpoint ``analyze``, against about 500 and 2.5 s with this
+    setting and trimming by growth (:func:`trim_heap`), which bounds how far the heap grows between trims
+    (:data:`TRIM_AFTER_GROWTH`).
     """
     libc = _libc()
     if libc:
