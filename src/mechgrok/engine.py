@@ -6,7 +6,7 @@ plus the assembly of those arrays into an ``xarray.Dataset``. :func:`run` is the
 mechgrok: it reads the weights ``chunk`` checkpoints at a time as float64 torch tensors on the chosen device and
 hands each checkpoint to every kernel in turn, so work that several kernels share (the forward pass over the
 inputs) is computed once per checkpoint (:meth:`Checkpoint.memo`), and work on the weights alone that costs more
-per call than per checkpoint (many small operations, an autograd pass) once per chunk, batched over its
+per call than per checkpoint (many small operations) once per chunk, batched over its
 checkpoints (:meth:`Checkpoint.batched`). Memory does not grow with the number of checkpoints: only
 per-checkpoint results (small) are kept.
 
@@ -111,8 +111,8 @@ class Checkpoint:
     def batched(self, key: Any, compute: Callable[[dict[str, torch.Tensor]], Any]) -> Any:
         """This checkpoint's part of ``compute(chunk weights)``, computed once per chunk.
 
-        For work on the weights alone that is cheap per checkpoint but costly per call (many small operations, an
-        autograd pass): ``compute`` gets the weights of every checkpoint of the chunk, shapes (c, ...), and returns
+        For work on the weights alone that is cheap per checkpoint but costly per call (many small operations):
+        ``compute`` gets the weights of every checkpoint of the chunk, shapes (c, ...), and returns
         a tensor, array, tuple or dict of them with that leading c; this checkpoint's slice is returned. Only for
         computations whose per-checkpoint results do not depend on the batch (each checkpoint computed by the
         same operations, batched), so that results do not depend on ``chunk``.

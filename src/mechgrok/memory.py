@@ -38,15 +38,20 @@ def _cgroup_available() -> int | None:
         return None
 
 
+def _statm_bytes(field: int) -> int | None:
+    """Field ``field`` of ``/proc/self/statm`` (0: address space, 1: resident) in bytes; None where unreadable."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[field]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _rlimit_available() -> int | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
         return None
-    try:
-        vm = int(Path(f"/proc/{os.getpid()}/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-    return soft - vm
+    vm = _statm_bytes(0)
+    return None if vm is None else soft - vm
 
 
 def resident_bytes() -> int | None:
@@ -58,10 +63,7 @@ def resident_bytes() -> int | None:
     >>> n is None or n > 0
     True
     """
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+    return _statm_bytes(1)
 
 
 def available_bytes() -> int | None:
